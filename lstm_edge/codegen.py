@@ -1,0 +1,206 @@
+"""C generator: QuantizedModel -> NAME.h and NAME.c (plus the quantized model beside them).
+
+The kernels are real C files (templates/kernels/*.c) included verbatim; the jinja templates
+only fill in sizes, data and the call sequence. Output is byte-identical for identical input.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import jinja2
+import numpy as np
+
+from . import __version__
+from . import quantized_model as qm_io
+from .errors import LstmEdgeError
+from .naming import model_prefix
+from .quantized_model import QuantizedModel, Requant
+
+KERNELS_LSTM = ("fixedpoint.c", "sigmoid_tanh.c", "lstm_layer.c")
+KERNEL_DENSE = "fully_connected.c"
+KERNEL_TABLE = "lookup_s8.c"
+
+
+def templates_dir() -> Path:
+    """templates/ at the repository root (source checkout) or lstm_edge/templates (installed wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "model.c.j2").is_file():
+            return candidate
+    raise LstmEdgeError(f"lstm-edge templates not found next to {here}: broken installation")
+
+
+_ENV = None
+
+
+def environment() -> jinja2.Environment:
+    """The one strict jinja environment: a missing variable is an error, not an empty string."""
+    global _ENV
+    if _ENV is None:
+        _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                  autoescape=False)
+    return _ENV
+
+
+def kernel_source(name: str) -> str:
+    return (templates_dir() / "kernels" / name).read_text()
+
+
+# ---------------------------------------------------------------------------- formatting
+
+def c_array(values: np.ndarray, per_line: int) -> str:
+    flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
+    lines = [", ".join(flat[k:k + per_line]) for k in range(0, len(flat), per_line)]
+    return ",\n".join("    " + line for line in lines)
+
+
+def c_requant(r: Requant) -> str:
+    return f"{{ .multiplier = {r.multiplier}, .shift = {r.shift} }}"
+
+
+def c_float(v: float) -> str:
+    """A scale for the header, for the user's host-side code (the generated C never uses it):
+    9 significant digits round-trip a float32."""
+    return f"{float(v):.8e}f"
+
+
+# ---------------------------------------------------------------------------- context
+
+def _layer_context(layer) -> dict:
+    return dict(
+        name=layer.name, input_size=layer.input_size, hidden_size=layer.hidden_size,
+        input_weights=c_array(layer.input_weights, 16), input_weights_len=layer.input_weights.size,
+        recurrent_weights=c_array(layer.recurrent_weights, 16),
+        recurrent_weights_len=layer.recurrent_weights.size,
+        input_bias=c_array(layer.input_bias, 8), recurrent_bias=c_array(layer.recurrent_bias, 8),
+        input_requant=", ".join(c_requant(r) for r in layer.input_requant),
+        recurrent_requant=", ".join(c_requant(r) for r in layer.recurrent_requant),
+        forget_cell_requant=c_requant(layer.forget_cell_requant),
+        input_cell_requant=c_requant(layer.input_cell_requant),
+        hidden_requant=c_requant(layer.hidden_requant),
+        input_scale=f"{layer.input_q.scale:.9g}", input_zero_point=layer.input_q.zero_point,
+        hidden_scale=f"{layer.hidden_q.scale:.9g}", hidden_zero_point=layer.hidden_q.zero_point,
+        cell_scale_power=layer.cell_scale_power, cell_tanh_shift=layer.cell_tanh_shift,
+        cell_clip=layer.cell_clip)
+
+
+def _dense_context(dense) -> dict:
+    return dict(
+        name=dense.name, input_size=dense.input_size, output_size=dense.output_size,
+        activation=dense.activation.value, weights=c_array(dense.weights, 16), bias=c_array(dense.bias, 8),
+        requant=",\n".join("    " + c_requant(r) for r in dense.requant),
+        output_scale=f"{dense.output_q.scale:.9g}", output_zero_point=dense.output_q.zero_point,
+        activation_min=dense.activation_min, activation_max=dense.activation_max,
+        table=c_array(dense.table, 16) if dense.table is not None else "",
+        table_scale=f"{dense.table_q.scale:.9g}" if dense.table_q else "",
+        table_zero_point=dense.table_q.zero_point if dense.table_q else 0)
+
+
+def head_call_sequence(model: QuantizedModel):
+    """C statements of the head, reading `h` and writing `out`, through at most two scratch buffers."""
+    calls: List[str] = []
+    buffers: List[str] = []
+    src = "h"
+    for k, dense in enumerate(model.head):
+        last = k == len(model.head) - 1
+        dst = "out" if last and dense.table is None else ("buffer_a" if k % 2 == 0 else "buffer_b")
+        if dst.startswith("buffer") and dst not in buffers:
+            buffers.append(dst)
+        calls.append(f"fully_connected_s8(&dense{k}_params, {src}, {dst})")
+        if dense.table is not None:
+            table_dst = "out" if last else dst
+            calls.append(f"lookup_s8(dense{k}_table, {dst}, {table_dst}, {dense.output_size})")
+            dst = table_dst
+        src = dst
+    return calls, sorted(buffers)
+
+
+def summary(model: QuantizedModel) -> str:
+    sizes = " -> ".join([str(model.input_size)] + [f"LSTM({l.hidden_size})" for l in model.lstm_layers]
+                        + [f"Dense({d.output_size}{'' if d.activation.value == 'none' else ', ' + d.activation.value})"
+                           for d in model.head])
+    return f"{sizes}; {'output every step' if model.sequence_output else 'output at the last step'}."
+
+
+def render(model: QuantizedModel) -> Dict[str, str]:
+    """{file name: text} of the generated C."""
+    name = model_prefix(model.name)
+    kernels = list(KERNELS_LSTM)
+    if model.head:
+        kernels.append(KERNEL_DENSE)
+    if any(d.table is not None for d in model.head):
+        kernels.append(KERNEL_TABLE)
+    calls, buffers = head_call_sequence(model)
+    ctx = dict(
+        name=name, NAME=name.upper(), guard=f"{name.upper()}_H_", version=__version__,
+        source=Path(model.source).name if model.source else "(in memory)", summary=summary(model),
+        final_softmax=model.final_softmax or "",
+        input_size=model.input_size, output_size=model.output_size,
+        sequence_output=1 if model.sequence_output else 0,
+        input_scale=c_float(model.input_q.scale), input_zero_point=model.input_q.zero_point,
+        output_scale=c_float(model.output_q.scale), output_zero_point=model.output_q.zero_point,
+        state_bytes=model.state_bytes, kernels=kernels,
+        layers=[_layer_context(l) for l in model.lstm_layers], head=[_dense_context(d) for d in model.head],
+        head_calls=calls, head_buffers=buffers,
+        max_hidden=max(l.hidden_size for l in model.lstm_layers),
+        max_width=max([d.output_size for d in model.head], default=1))
+    env = environment()
+    return {f"{name}.h": env.get_template("model.h.j2").render(ctx),
+            f"{name}.c": env.get_template("model.c.j2").render(ctx)}
+
+
+# ---------------------------------------------------------------------------- output folder
+
+def write_output_folder(model: QuantizedModel, out_dir, extra: Dict[str, str] | None = None) -> Path:
+    """Write NAME.h, NAME.c, NAME.qmodel.json (and `extra` files) into out_dir, whole or not at all.
+
+    Everything goes to a temporary sibling folder first, which then replaces out_dir. An existing
+    out_dir is replaced only if it is empty or was written by lstm-edge (holds a *.qmodel.json).
+    """
+    out_dir = Path(out_dir)
+    files = render(model)
+    files.update(extra or {})
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise LstmEdgeError(f"output {out_dir} exists and is not a folder")
+        contents = list(out_dir.iterdir())
+        if contents and not any(p.name.endswith(".qmodel.json") for p in contents):
+            raise LstmEdgeError(f"output folder {out_dir} is not empty and was not written by lstm-edge; "
+                                "choose another folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for fname, text in files.items():
+            (tmp / fname).write_text(text)
+        qm_io.save(model, tmp / f"{model.name}.qmodel.json")
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.rmdir(old)
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def find_quantized_model(out_dir) -> Path:
+    """The NAME.qmodel.json inside a compile output folder."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise LstmEdgeError(f"{out_dir}: no such folder (run `lstm-edge compile ... -o {out_dir}` first)")
+    found = sorted(out_dir.glob("*.qmodel.json"))
+    if len(found) != 1:
+        raise LstmEdgeError(f"{out_dir}: expected one *.qmodel.json written by `lstm-edge compile`, "
+                            f"found {len(found)}")
+    return found[0]

@@ -1,0 +1,166 @@
+"""Float intermediate representation: what every importer produces.
+
+One canonical gate order for the whole project: (input, forget, cell, output), written
+i, f, g, o (PyTorch and TFLite use the same order; ONNX and Keras do not). The function
+`to_canonical_gate_order` is the one place where another framework's order is converted.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .errors import ModelFormatError
+
+CANONICAL_GATES = "ifgo"  # input, forget, cell candidate (g), output
+GATE_NAMES = ("input", "forget", "cell", "output")
+
+# Gate order of each framework's stacked [4H, ...] weight tensors, as letters of CANONICAL_GATES.
+SOURCE_GATE_ORDERS = {
+    "onnx": "iofg",  # ONNX LSTM: i, o, f, c
+    "pytorch": "ifgo",
+    "keras": "ifgo",  # Keras: i, f, c, o
+    "tflite": "ifgo",
+}
+
+
+def to_canonical_gate_order(stacked: np.ndarray, source: str) -> np.ndarray:
+    """Split a [4H, ...] stacked gate tensor in `source` order into a canonical [4, H, ...] array."""
+    order = SOURCE_GATE_ORDERS[source]
+    if stacked.shape[0] % 4:
+        raise ModelFormatError(f"stacked gate tensor has {stacked.shape[0]} rows, not a multiple of 4")
+    parts = np.split(np.asarray(stacked, dtype=np.float32), 4, axis=0)
+    by_letter = dict(zip(order, parts))
+    return np.stack([by_letter[g] for g in CANONICAL_GATES])
+
+
+class Activation(str, enum.Enum):
+    NONE = "none"
+    RELU = "relu"
+    TANH = "tanh"
+    SIGMOID = "sigmoid"
+
+
+def _frozen_array(a: np.ndarray, dtype=np.float32) -> np.ndarray:
+    a = np.array(a, dtype=dtype, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True)
+class LstmLayer:
+    """One unidirectional LSTM layer, gates in canonical order.
+
+    w_x [4, H, I], w_h [4, H, H], bias [4, H] (input and recurrent biases already summed).
+    `reverse` layers run over the sequence back to front (ONNX direction="reverse").
+    """
+
+    w_x: np.ndarray
+    w_h: np.ndarray
+    bias: np.ndarray
+    reverse: bool = False
+    name: str = "lstm"
+
+    def __post_init__(self):
+        object.__setattr__(self, "w_x", _frozen_array(self.w_x))
+        object.__setattr__(self, "w_h", _frozen_array(self.w_h))
+        object.__setattr__(self, "bias", _frozen_array(self.bias))
+        h, i = self.hidden_size, self.input_size
+        if self.w_x.shape != (4, h, i) or self.w_h.shape != (4, h, h) or self.bias.shape != (4, h):
+            raise ModelFormatError(
+                f"LSTM layer '{self.name}': inconsistent shapes W{self.w_x.shape} R{self.w_h.shape} "
+                f"B{self.bias.shape} for hidden size {h}, input size {i}")
+        for label, arr in (("W", self.w_x), ("R", self.w_h), ("B", self.bias)):
+            if not np.all(np.isfinite(arr)):
+                raise ModelFormatError(f"LSTM layer '{self.name}': {label} contains NaN or Inf")
+
+    @property
+    def input_size(self) -> int:
+        return int(self.w_x.shape[2])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.w_x.shape[1])
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """y = activation(w @ x + b); w [N, K], b [N]."""
+
+    w: np.ndarray
+    b: np.ndarray
+    activation: Activation = Activation.NONE
+    name: str = "dense"
+
+    def __post_init__(self):
+        object.__setattr__(self, "w", _frozen_array(self.w))
+        object.__setattr__(self, "b", _frozen_array(self.b))
+        object.__setattr__(self, "activation", Activation(self.activation))
+        if self.w.ndim != 2 or self.b.shape != (self.w.shape[0],):
+            raise ModelFormatError(
+                f"dense layer '{self.name}': weight {self.w.shape} and bias {self.b.shape} do not fit")
+        if not (np.all(np.isfinite(self.w)) and np.all(np.isfinite(self.b))):
+            raise ModelFormatError(f"dense layer '{self.name}': weights contain NaN or Inf")
+
+    @property
+    def input_size(self) -> int:
+        return int(self.w.shape[1])
+
+    @property
+    def output_size(self) -> int:
+        return int(self.w.shape[0])
+
+
+@dataclass(frozen=True)
+class FloatModel:
+    """A stack of LSTM layers followed by an optional dense head.
+
+    sequence_output: True when the model emits one output per time step; False when only the
+    last step's output is used (a classifier on the final state).
+    final_softmax: "softmax" / "logsoftmax" when the graph ends in one; the compiled model
+    outputs the logits before it (argmax is unchanged), the float reference applies it.
+    """
+
+    lstm_layers: Tuple[LstmLayer, ...]
+    head: Tuple[DenseLayer, ...] = ()
+    sequence_output: bool = True
+    final_softmax: Optional[str] = None
+    name: str = "model"
+    source: str = ""
+    notes: Tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "lstm_layers", tuple(self.lstm_layers))
+        object.__setattr__(self, "head", tuple(self.head))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        if not self.lstm_layers:
+            raise ModelFormatError("model has no LSTM layer")
+        if self.final_softmax not in (None, "softmax", "logsoftmax"):
+            raise ModelFormatError(f"unknown final activation {self.final_softmax!r}")
+        width = self.lstm_layers[0].input_size
+        for layer in self.lstm_layers:
+            if layer.input_size != width:
+                raise ModelFormatError(
+                    f"layer '{layer.name}' expects {layer.input_size} inputs but receives {width}")
+            width = layer.hidden_size
+        for dense in self.head:
+            if dense.input_size != width:
+                raise ModelFormatError(
+                    f"dense layer '{dense.name}' expects {dense.input_size} inputs but receives {width}")
+            width = dense.output_size
+
+    @property
+    def input_size(self) -> int:
+        return self.lstm_layers[0].input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.head[-1].output_size if self.head else self.lstm_layers[-1].hidden_size
+
+    @property
+    def parameter_count(self) -> int:
+        n = sum(l.w_x.size + l.w_h.size + l.bias.size for l in self.lstm_layers)
+        return n + sum(d.w.size + d.b.size for d in self.head)

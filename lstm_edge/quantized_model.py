@@ -1,0 +1,286 @@
+"""The quantized model: every integer the C code and the simulator use, and nothing to compute.
+
+Written by the quantizer, read by the C generator and the simulator, saved next to the C as
+`NAME.qmodel.json` so `simulate` and `verify` run exactly what the C contains.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .errors import ModelFormatError
+from .fixedpoint import quantize_multiplier
+from .ir import Activation
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """real = scale * (q - zero_point); scale is a float32 value, as TFLite stores it."""
+
+    scale: float
+    zero_point: int
+
+    def quantize(self, real: np.ndarray) -> np.ndarray:
+        """Round half away from zero (TFLite), then saturate to int8."""
+        v = np.asarray(real, dtype=np.float64) / float(self.scale)
+        q = np.trunc(v + np.copysign(0.5, v)) + self.zero_point
+        return np.clip(q, -128, 127).astype(np.int8)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (np.asarray(q, dtype=np.float64) - self.zero_point) * float(self.scale)
+
+
+@dataclass(frozen=True)
+class Requant:
+    """A real factor as multiplier * 2^(shift - 31) (TFLite fixed-point multiplier)."""
+
+    multiplier: int
+    shift: int
+
+    @classmethod
+    def from_real(cls, real: float) -> "Requant":
+        return cls(*quantize_multiplier(real))
+
+
+def _frozen(a, dtype) -> np.ndarray:
+    a = np.array(a, dtype=dtype, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+@dataclass(frozen=True)
+class QLstmLayer:
+    name: str
+    input_weights: np.ndarray      # int8 [4, H, I]
+    recurrent_weights: np.ndarray  # int8 [4, H, H]
+    input_bias: np.ndarray         # int32 [4, H], zp_x folded in
+    recurrent_bias: np.ndarray     # int32 [4, H], zp_h folded in
+    input_requant: Tuple[Requant, ...]
+    recurrent_requant: Tuple[Requant, ...]
+    forget_cell_requant: Requant
+    input_cell_requant: Requant
+    hidden_requant: Requant
+    input_q: QuantParams
+    hidden_q: QuantParams
+    cell_scale_power: int  # cell state scale = 2^cell_scale_power
+    cell_clip: int = 0     # quantized clip, 0 = none
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_weights", _frozen(self.input_weights, np.int8))
+        object.__setattr__(self, "recurrent_weights", _frozen(self.recurrent_weights, np.int8))
+        object.__setattr__(self, "input_bias", _frozen(self.input_bias, np.int32))
+        object.__setattr__(self, "recurrent_bias", _frozen(self.recurrent_bias, np.int32))
+        object.__setattr__(self, "input_requant", tuple(self.input_requant))
+        object.__setattr__(self, "recurrent_requant", tuple(self.recurrent_requant))
+
+    @property
+    def input_size(self) -> int:
+        return int(self.input_weights.shape[2])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.input_weights.shape[1])
+
+    @property
+    def cell_tanh_shift(self) -> int:
+        """tanh reads the cell state (scale 2^p) as if at scale 2^(shift - 12): shift = p + 12."""
+        return self.cell_scale_power + 12
+
+
+@dataclass(frozen=True)
+class QDenseLayer:
+    name: str
+    weights: np.ndarray        # int8 [N, K]
+    bias: np.ndarray           # int32 [N], zp_in folded in
+    requant: Tuple[Requant, ...]  # one per output channel
+    input_q: QuantParams
+    output_q: QuantParams      # of the fully connected result (before a table activation)
+    activation: Activation
+    activation_min: int
+    activation_max: int
+    table: Optional[np.ndarray] = None   # int8 [256] for tanh / sigmoid
+    table_q: Optional[QuantParams] = None  # quantization of the table's output
+
+    def __post_init__(self):
+        object.__setattr__(self, "weights", _frozen(self.weights, np.int8))
+        object.__setattr__(self, "bias", _frozen(self.bias, np.int32))
+        object.__setattr__(self, "requant", tuple(self.requant))
+        object.__setattr__(self, "activation", Activation(self.activation))
+        if self.table is not None:
+            object.__setattr__(self, "table", _frozen(self.table, np.int8))
+
+    @property
+    def input_size(self) -> int:
+        return int(self.weights.shape[1])
+
+    @property
+    def output_size(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def result_q(self) -> QuantParams:
+        return self.table_q if self.table is not None else self.output_q
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    name: str                       # C prefix
+    lstm_layers: Tuple[QLstmLayer, ...]
+    head: Tuple[QDenseLayer, ...]
+    sequence_output: bool
+    final_softmax: Optional[str] = None
+    source: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "lstm_layers", tuple(self.lstm_layers))
+        object.__setattr__(self, "head", tuple(self.head))
+
+    @property
+    def input_q(self) -> QuantParams:
+        return self.lstm_layers[0].input_q
+
+    @property
+    def output_q(self) -> QuantParams:
+        return self.head[-1].result_q if self.head else self.lstm_layers[-1].hidden_q
+
+    @property
+    def input_size(self) -> int:
+        return self.lstm_layers[0].input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.head[-1].output_size if self.head else self.lstm_layers[-1].hidden_size
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.output_size > 1 and (self.final_softmax is not None or not self.sequence_output)
+
+    # ------------------------------------------------------------------ sizes (inspect, footprint)
+    @property
+    def weight_bytes(self) -> int:
+        n = sum(l.input_weights.size + l.recurrent_weights.size + 4 * (l.input_bias.size + l.recurrent_bias.size)
+                for l in self.lstm_layers)
+        return n + sum(d.weights.size + 4 * d.bias.size + 8 * d.output_size
+                       + (256 if d.table is not None else 0) for d in self.head)
+
+    @property
+    def state_bytes(self) -> int:
+        """int8 hidden + int16 cell per layer: the NAME_state_t payload."""
+        return sum(3 * l.hidden_size for l in self.lstm_layers)
+
+
+# ---------------------------------------------------------------------- JSON (de)serialization
+
+def _quant_to_dict(q: QuantParams):
+    return {"scale": float(q.scale), "zero_point": int(q.zero_point)}
+
+
+def _requant_to_list(r: Requant):
+    return [int(r.multiplier), int(r.shift)]
+
+
+def to_dict(model: QuantizedModel) -> dict:
+    layers = [{
+        "name": l.name,
+        "input_weights": l.input_weights.tolist(),
+        "recurrent_weights": l.recurrent_weights.tolist(),
+        "input_bias": l.input_bias.tolist(),
+        "recurrent_bias": l.recurrent_bias.tolist(),
+        "input_requant": [_requant_to_list(r) for r in l.input_requant],
+        "recurrent_requant": [_requant_to_list(r) for r in l.recurrent_requant],
+        "forget_cell_requant": _requant_to_list(l.forget_cell_requant),
+        "input_cell_requant": _requant_to_list(l.input_cell_requant),
+        "hidden_requant": _requant_to_list(l.hidden_requant),
+        "input_q": _quant_to_dict(l.input_q),
+        "hidden_q": _quant_to_dict(l.hidden_q),
+        "cell_scale_power": int(l.cell_scale_power),
+        "cell_clip": int(l.cell_clip),
+    } for l in model.lstm_layers]
+    head = [{
+        "name": d.name,
+        "weights": d.weights.tolist(),
+        "bias": d.bias.tolist(),
+        "requant": [_requant_to_list(r) for r in d.requant],
+        "input_q": _quant_to_dict(d.input_q),
+        "output_q": _quant_to_dict(d.output_q),
+        "activation": d.activation.value,
+        "activation_min": int(d.activation_min),
+        "activation_max": int(d.activation_max),
+        "table": None if d.table is None else d.table.tolist(),
+        "table_q": None if d.table_q is None else _quant_to_dict(d.table_q),
+    } for d in model.head]
+    return {
+        "format": "lstm-edge quantized model",
+        "format_version": FORMAT_VERSION,
+        "name": model.name,
+        "source": model.source,
+        "sequence_output": bool(model.sequence_output),
+        "final_softmax": model.final_softmax,
+        "lstm_layers": layers,
+        "head": head,
+    }
+
+
+def from_dict(d: dict) -> QuantizedModel:
+    if d.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(f"quantized model format version {d.get('format_version')!r} is not "
+                               f"{FORMAT_VERSION}: recompile the model with this lstm-edge")
+    q = lambda v: QuantParams(float(v["scale"]), int(v["zero_point"]))  # noqa: E731
+    r = lambda v: Requant(int(v[0]), int(v[1]))  # noqa: E731
+    layers = tuple(QLstmLayer(
+        name=l["name"],
+        input_weights=np.array(l["input_weights"]),
+        recurrent_weights=np.array(l["recurrent_weights"]),
+        input_bias=np.array(l["input_bias"]),
+        recurrent_bias=np.array(l["recurrent_bias"]),
+        input_requant=tuple(r(v) for v in l["input_requant"]),
+        recurrent_requant=tuple(r(v) for v in l["recurrent_requant"]),
+        forget_cell_requant=r(l["forget_cell_requant"]),
+        input_cell_requant=r(l["input_cell_requant"]),
+        hidden_requant=r(l["hidden_requant"]),
+        input_q=q(l["input_q"]),
+        hidden_q=q(l["hidden_q"]),
+        cell_scale_power=int(l["cell_scale_power"]),
+        cell_clip=int(l["cell_clip"]),
+    ) for l in d["lstm_layers"])
+    head = tuple(QDenseLayer(
+        name=h["name"],
+        weights=np.array(h["weights"]),
+        bias=np.array(h["bias"]),
+        requant=tuple(r(v) for v in h["requant"]),
+        input_q=q(h["input_q"]),
+        output_q=q(h["output_q"]),
+        activation=Activation(h["activation"]),
+        activation_min=int(h["activation_min"]),
+        activation_max=int(h["activation_max"]),
+        table=None if h["table"] is None else np.array(h["table"]),
+        table_q=None if h["table_q"] is None else q(h["table_q"]),
+    ) for h in d["head"])
+    return QuantizedModel(name=d["name"], lstm_layers=layers, head=head,
+                          sequence_output=bool(d["sequence_output"]),
+                          final_softmax=d.get("final_softmax"), source=d.get("source", ""))
+
+
+def save(model: QuantizedModel, path: Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(model), separators=(",", ":")) + "\n")
+
+
+def load(path: Path) -> QuantizedModel:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such file (is this a folder written by `lstm-edge compile`?)")
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: not a readable quantized model ({exc})")
+    try:
+        return from_dict(d)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ModelFormatError(f"{path}: malformed quantized model ({type(exc).__name__}: {exc})")

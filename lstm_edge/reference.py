@@ -1,0 +1,108 @@
+"""Float reference forward pass of the IR (numpy, float64 inside).
+
+Written with the ONNX spec's names: it = f(Xt*Wi + Ht-1*Ri + Wbi + Rbi), Ct = ft (.) Ct-1 + it (.) ct,
+Ht = ot (.) h(Ct). It is the oracle for importers (checked against onnxruntime) and the source of
+the ranges that calibration records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+
+from .ir import Activation, DenseLayer, FloatModel, LstmLayer
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free form of 1 / (1 + exp(-x))
+
+
+_ACTIVATIONS = {
+    Activation.NONE: lambda v: v,
+    Activation.RELU: lambda v: np.maximum(v, 0.0),
+    Activation.TANH: np.tanh,
+    Activation.SIGMOID: sigmoid,
+}
+
+
+@dataclass
+class FloatTrace:
+    """Intermediate tensors of one forward pass, for calibration and debugging.
+
+    hidden[l], cell[l]: [N, T, H] of LSTM layer l, indexed by input time.
+    dense_pre[d], dense_out[d]: dense layer d before and after its activation,
+    [N, T, K] for sequence models, [N, K] for last-step heads.
+    """
+
+    hidden: List[np.ndarray] = field(default_factory=list)
+    cell: List[np.ndarray] = field(default_factory=list)
+    dense_pre: List[np.ndarray] = field(default_factory=list)
+    dense_out: List[np.ndarray] = field(default_factory=list)
+
+
+def lstm_layer_forward(layer: LstmLayer, x: np.ndarray):
+    """x [N, T, I] -> (H_all [N, T, H], C_all [N, T, H]); zero initial state."""
+    n, steps, _ = x.shape
+    w_x = layer.w_x.astype(np.float64)
+    w_h = layer.w_h.astype(np.float64)
+    bias = layer.bias.astype(np.float64)
+    h_t = np.zeros((n, layer.hidden_size))
+    c_t = np.zeros((n, layer.hidden_size))
+    h_all = np.zeros((n, steps, layer.hidden_size))
+    c_all = np.zeros_like(h_all)
+    order = range(steps - 1, -1, -1) if layer.reverse else range(steps)
+    for t in order:
+        x_t = x[:, t, :].astype(np.float64)
+        # pre[g] = Xt*W[g]^T + Ht-1*R[g]^T + B[g], for g in (i, f, c, o)
+        pre = np.einsum("nk,ghk->gnh", x_t, w_x) + np.einsum("nk,ghk->gnh", h_t, w_h) + bias[:, None, :]
+        i_t, f_t, o_t = sigmoid(pre[0]), sigmoid(pre[1]), sigmoid(pre[3])
+        g_t = np.tanh(pre[2])
+        c_t = f_t * c_t + i_t * g_t
+        h_t = o_t * np.tanh(c_t)
+        h_all[:, t], c_all[:, t] = h_t, c_t
+    return h_all, c_all
+
+
+def dense_forward(dense: DenseLayer, x: np.ndarray):
+    """x [..., K] -> (pre-activation, activation output), both [..., N]."""
+    pre = x.astype(np.float64) @ dense.w.astype(np.float64).T + dense.b.astype(np.float64)
+    return pre, _ACTIVATIONS[dense.activation](pre)
+
+
+def last_step(layer: LstmLayer, h_all: np.ndarray) -> np.ndarray:
+    """The final state Y_h: the last step the layer processed (t=0 for a reverse layer)."""
+    return h_all[:, 0] if layer.reverse else h_all[:, -1]
+
+
+def forward(model: FloatModel, x: np.ndarray, trace: FloatTrace | None = None,
+            apply_softmax: bool = True) -> np.ndarray:
+    """Run the model on x [N, T, F] (batch-first).
+
+    Returns [N, T, O] for sequence models, [N, O] for last-step models. With `trace`, fills
+    in the intermediate tensors. `apply_softmax=False` returns the logits the compiled model
+    emits when the graph ends in (Log)Softmax.
+    """
+    act = np.asarray(x, dtype=np.float64)
+    for layer in model.lstm_layers:
+        act, cell = lstm_layer_forward(layer, act)
+        if trace is not None:
+            trace.hidden.append(act)
+            trace.cell.append(cell)
+    if not model.sequence_output:
+        act = last_step(model.lstm_layers[-1], act)
+    for dense in model.head:
+        pre, act = dense_forward(dense, act)
+        if trace is not None:
+            trace.dense_pre.append(pre)
+            trace.dense_out.append(act)
+    if apply_softmax and model.final_softmax:
+        act = softmax(act, log=model.final_softmax == "logsoftmax")
+    return act.astype(np.float32)
+
+
+def softmax(v: np.ndarray, log: bool = False) -> np.ndarray:
+    shifted = v - v.max(axis=-1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted - log_sum if log else np.exp(shifted - log_sum)

@@ -1,0 +1,156 @@
+"""Bit-exact simulator of the generated C, vectorized over a batch of sequences.
+
+Function for function the twin of templates/kernels/*.c: lstm_gate_preactivation,
+lstm_cell_update, lstm_hidden_output, lstm_layer_step, fully_connected_s8, lookup_s8. Only
+integer arithmetic on the quantized path (int64 numpy arrays holding int8/int16/int32 values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from .errors import InputDataError
+from .fixedpoint import (multiply_by_quantized_multiplier, saturate_int16, saturate_int8, sigmoid_q15,
+                         tanh_q15)
+from .quantized_model import QDenseLayer, QLstmLayer, QuantizedModel
+
+GATE_INPUT, GATE_FORGET, GATE_CELL, GATE_OUTPUT = range(4)
+
+
+def _requant_arrays(requants):
+    return (np.array([r.multiplier for r in requants], dtype=np.int64),
+            np.array([r.shift for r in requants], dtype=np.int64))
+
+
+def lstm_gate_preactivation(layer: QLstmLayer, x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """All four gates at once: [4, N, H] int16 Q3.12 values.
+
+    pre = sat16( sat16(RQ(Bx + Wx x, Mx)) + sat16(RQ(Bh + Wh h, Mh)) ), each term saturated on its own.
+    """
+    ax = np.einsum("ghk,nk->gnh", layer.input_weights.astype(np.int64), x) + layer.input_bias[:, None, :]
+    ah = np.einsum("ghk,nk->gnh", layer.recurrent_weights.astype(np.int64), h) + layer.recurrent_bias[:, None, :]
+    mx, sx = _requant_arrays(layer.input_requant)
+    mh, sh = _requant_arrays(layer.recurrent_requant)
+    from_input = saturate_int16(multiply_by_quantized_multiplier(ax, mx[:, None, None], sx[:, None, None]))
+    from_hidden = saturate_int16(multiply_by_quantized_multiplier(ah, mh[:, None, None], sh[:, None, None]))
+    return saturate_int16(from_input + from_hidden)
+
+
+def lstm_cell_update(layer: QLstmLayer, cell, forget, input_gate, candidate):
+    """c = clip( sat16( sat16(RQ(f * c_prev)) + sat16(RQ(i * g)) ) )"""
+    fc, ic = layer.forget_cell_requant, layer.input_cell_requant
+    kept = saturate_int16(multiply_by_quantized_multiplier(forget * cell, fc.multiplier, fc.shift))
+    added = saturate_int16(multiply_by_quantized_multiplier(input_gate * candidate, ic.multiplier, ic.shift))
+    updated = saturate_int16(kept + added)
+    if layer.cell_clip > 0:
+        updated = np.clip(updated, -layer.cell_clip, layer.cell_clip)
+    return updated
+
+
+def lstm_hidden_output(layer: QLstmLayer, output_gate, cell):
+    """h = sat8( RQ(o * tanh(c)) + zp_h )"""
+    hr = layer.hidden_requant
+    product = output_gate * tanh_q15(cell, layer.cell_tanh_shift)
+    return saturate_int8(multiply_by_quantized_multiplier(product, hr.multiplier, hr.shift)
+                         + layer.hidden_q.zero_point)
+
+
+@dataclass
+class GateTrace:
+    """Per-step integer values of one layer: pre-activations [4, N, H] and gate outputs [4, N, H]."""
+
+    preactivation: np.ndarray
+    gates: np.ndarray
+    cell: np.ndarray
+    hidden: np.ndarray
+
+
+def lstm_layer_step(layer: QLstmLayer, x, h, c, trace: Optional[list] = None):
+    """One step for the whole batch: returns (h_new, c_new); h, c are not modified."""
+    pre = lstm_gate_preactivation(layer, x, h)
+    i_gate = sigmoid_q15(pre[GATE_INPUT])
+    f_gate = sigmoid_q15(pre[GATE_FORGET])
+    g_gate = tanh_q15(pre[GATE_CELL], 0)
+    o_gate = sigmoid_q15(pre[GATE_OUTPUT])
+    c_new = lstm_cell_update(layer, c, f_gate, i_gate, g_gate)
+    h_new = lstm_hidden_output(layer, o_gate, c_new)
+    if trace is not None:
+        trace.append(GateTrace(pre, np.stack([i_gate, f_gate, g_gate, o_gate]), c_new, h_new))
+    return h_new, c_new
+
+
+def fully_connected_s8(dense: QDenseLayer, x: np.ndarray) -> np.ndarray:
+    """y = clamp( RQ(B + W x, M[n]) + zp_y, act_min, act_max ), per output channel."""
+    acc = x.astype(np.int64) @ dense.weights.astype(np.int64).T + dense.bias
+    m, s = _requant_arrays(dense.requant)
+    y = multiply_by_quantized_multiplier(acc, m, s) + dense.output_q.zero_point
+    return np.clip(y, dense.activation_min, dense.activation_max)
+
+
+def lookup_s8(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return table.astype(np.int64)[x + 128]
+
+
+def head_forward(model: QuantizedModel, h: np.ndarray) -> np.ndarray:
+    for dense in model.head:
+        h = fully_connected_s8(dense, h)
+        if dense.table is not None:
+            h = lookup_s8(dense.table, h)
+    return h
+
+
+@dataclass
+class SimState:
+    """Mirror of NAME_state_t for a batch: per layer int8 h [N, H] and int16 c [N, H]."""
+
+    hidden: List[np.ndarray] = field(default_factory=list)
+    cell: List[np.ndarray] = field(default_factory=list)
+
+
+def reset(model: QuantizedModel, batch: int) -> SimState:
+    """h = zp_h (a real zero), c = 0, as NAME_reset."""
+    return SimState(
+        hidden=[np.full((batch, l.hidden_size), l.hidden_q.zero_point, dtype=np.int64) for l in model.lstm_layers],
+        cell=[np.zeros((batch, l.hidden_size), dtype=np.int64) for l in model.lstm_layers])
+
+
+def _layers_step(model: QuantizedModel, state: SimState, x_t: np.ndarray, traces=None) -> np.ndarray:
+    act = x_t
+    for k, layer in enumerate(model.lstm_layers):
+        trace = traces[k] if traces is not None else None
+        state.hidden[k], state.cell[k] = lstm_layer_step(layer, act, state.hidden[k], state.cell[k], trace)
+        act = state.hidden[k]
+    return act
+
+
+def step(model: QuantizedModel, state: SimState, x_t: np.ndarray) -> np.ndarray:
+    """As NAME_step: one input frame per sequence [N, I] -> the head's output for this step [N, O]."""
+    return head_forward(model, _layers_step(model, state, np.asarray(x_t, dtype=np.int64))).astype(np.int8)
+
+
+def run(model: QuantizedModel, state: SimState, x_q: np.ndarray, traces=None) -> np.ndarray:
+    """As NAME_run: x_q [N, T, I] int8 -> [N, T, O] (sequence models) or [N, O] (last step only)."""
+    x = np.asarray(x_q, dtype=np.int64)
+    outputs = []
+    for t in range(x.shape[1]):
+        act = _layers_step(model, state, x[:, t, :], traces)
+        if model.sequence_output or t == x.shape[1] - 1:
+            outputs.append(head_forward(model, act))
+    if model.sequence_output:
+        return np.stack(outputs, axis=1).astype(np.int8)
+    return outputs[-1].astype(np.int8)
+
+
+def simulate(model: QuantizedModel, x_q: np.ndarray, trace: bool = False):
+    """Run each sequence from a reset state. Returns y_q, or (y_q, traces) with trace=True where
+    traces[layer][step] is a GateTrace of integer values for debugging."""
+    x_q = np.asarray(x_q)
+    if x_q.ndim != 3 or x_q.shape[2] != model.input_size or x_q.dtype != np.int8:
+        raise InputDataError(f"simulator input must be int8 [N, T, {model.input_size}], got "
+                             f"{x_q.dtype} {tuple(x_q.shape)}")
+    traces = [[] for _ in model.lstm_layers] if trace else None
+    y = run(model, reset(model, x_q.shape[0]), x_q, traces)
+    return (y, traces) if trace else y
