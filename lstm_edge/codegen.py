@@ -6,9 +6,6 @@ only fill in sizes, data and the call sequence. Output is byte-identical for ide
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List
 
@@ -16,7 +13,6 @@ import jinja2
 import numpy as np
 
 from . import __version__
-from . import quantized_model as qm_io
 from .errors import LstmEdgeError
 from .naming import model_prefix
 from .quantized_model import QuantizedModel, Requant
@@ -153,54 +149,3 @@ def render(model: QuantizedModel) -> Dict[str, str]:
     env = environment()
     return {f"{name}.h": env.get_template("model.h.j2").render(ctx),
             f"{name}.c": env.get_template("model.c.j2").render(ctx)}
-
-
-# ---------------------------------------------------------------------------- output folder
-
-def write_output_folder(model: QuantizedModel, out_dir, extra: Dict[str, str] | None = None) -> Path:
-    """Write NAME.h, NAME.c, NAME.qmodel.json (and `extra` files) into out_dir, whole or not at all.
-
-    Everything goes to a temporary sibling folder first, which then replaces out_dir. An existing
-    out_dir is replaced only if it is empty or was written by lstm-edge (holds a *.qmodel.json).
-    """
-    out_dir = Path(out_dir)
-    files = render(model)
-    files.update(extra or {})
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise LstmEdgeError(f"output {out_dir} exists and is not a folder")
-        contents = list(out_dir.iterdir())
-        if contents and not any(p.name.endswith(".qmodel.json") for p in contents):
-            raise LstmEdgeError(f"output folder {out_dir} is not empty and was not written by lstm-edge; "
-                                "choose another folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        for fname, text in files.items():
-            (tmp / fname).write_text(text)
-        qm_io.save(model, tmp / f"{model.name}.qmodel.json")
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.rmdir(old)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def find_quantized_model(out_dir) -> Path:
-    """The NAME.qmodel.json inside a compile output folder."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise LstmEdgeError(f"{out_dir}: no such folder (run `lstm-edge compile ... -o {out_dir}` first)")
-    found = sorted(out_dir.glob("*.qmodel.json"))
-    if len(found) != 1:
-        raise LstmEdgeError(f"{out_dir}: expected one *.qmodel.json written by `lstm-edge compile`, "
-                            f"found {len(found)}")
-    return found[0]

@@ -20,6 +20,7 @@ from .quantized_model import QDenseLayer, QLstmLayer, QuantizedModel, QuantParam
 GATE_INPUT_SCALE = 2.0 ** -12   # gate pre-activations: int16 Q3.12
 GATE_OUTPUT_SCALE = 2.0 ** -15  # gate outputs: int16 Q0.15
 MIN_CELL_SCALE_POWER = -15      # cell range at least [-1, 1]: one step's i*g alone reaches +-1
+MAX_CELL_SCALE_POWER = 2        # tanh's input multiply 3 * 2^(p + 12) * int16 must fit in int32
 TABLE_OUTPUT_Q = {              # TFLite's fixed int8 output quantization of tanh and sigmoid
     Activation.TANH: QuantParams(float(np.float32(1 / 128)), 0),
     Activation.SIGMOID: QuantParams(float(np.float32(1 / 256)), -128),
@@ -67,7 +68,11 @@ def cell_scale_power(r: Range) -> int:
     absmax = r.absmax
     if absmax <= 0:
         return MIN_CELL_SCALE_POWER
-    return max(math.ceil(math.log2(absmax)) - 15, MIN_CELL_SCALE_POWER)
+    power = max(math.ceil(math.log2(absmax)) - 15, MIN_CELL_SCALE_POWER)
+    if power > MAX_CELL_SCALE_POWER:
+        raise QuantizationError(f"cell state reaches {absmax:.3g} during calibration; the int16 cell state "
+                                f"covers at most {2.0 ** (MAX_CELL_SCALE_POWER + 15):.0f}")
+    return power
 
 
 def quantize_lstm_layer(layer: LstmLayer, input_q: QuantParams, hidden_range: Range, cell_range: Range

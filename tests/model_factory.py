@@ -1,0 +1,34 @@
+"""Random float models and inputs for tests (float IR built directly, no importer involved)."""
+
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from lstm_edge.ir import Activation, DenseLayer, FloatModel, LstmLayer
+
+
+def random_model(input_size: int, hidden_sizes: Sequence[int], head: Sequence[Tuple[int, str]] = (),
+                 sequence_output: bool = True, seed: int = 0, weight_std: float = 0.5,
+                 final_softmax=None) -> FloatModel:
+    """LSTM stack with `hidden_sizes`, then dense layers given as (units, activation)."""
+    rng = np.random.default_rng(seed)
+    layers, width = [], input_size
+    for k, h in enumerate(hidden_sizes):
+        std = weight_std / np.sqrt(max(width, h) / 8)  # keep gates in a lively range at any width
+        layers.append(LstmLayer(rng.normal(0, std, (4, h, width)), rng.normal(0, std, (4, h, h)),
+                                rng.normal(0, 0.3, (4, h)), name=f"lstm{k}"))
+        width = h
+    dense = []
+    for k, (units, act) in enumerate(head):
+        dense.append(DenseLayer(rng.normal(0, 1 / np.sqrt(width), (units, width)), rng.normal(0, 0.2, units),
+                                Activation(act), name=f"dense{k}"))
+        width = units
+    return FloatModel(tuple(layers), tuple(dense), sequence_output=sequence_output, final_softmax=final_softmax,
+                      name="m", source="test")
+
+
+def signal_like(rng, n: int, steps: int, features: int, scale: float = 1.0) -> np.ndarray:
+    """Smooth, correlated float sequences, like sensor or audio features."""
+    base = rng.normal(0, scale, (n, 1, features))
+    walk = np.cumsum(rng.normal(0, 0.3 * scale, (n, steps, features)), axis=1)
+    return (base + walk).astype(np.float32)
