@@ -1,0 +1,213 @@
+"""ONNX -> float IR.
+
+The importer walks the nodes the chosen graph output depends on, in order, keeping for every
+value what it knows about it (onnx_values): constants are folded, shape computations are
+followed symbolically, and the tensor computed from the model input (Data) accumulates the
+LSTM layers and dense head that the IR describes. What the walk cannot express in the IR is
+refused with one line naming the node and its op type.
+
+Read: LSTM nodes (forward/reverse, layout 0/1, optional B, absent or zero initial state,
+stacked), a head of Gemm or MatMul(+Add) layers with Relu/Tanh/Sigmoid, per step or on the last
+step (Gather/Slice on the time axis, or Y_h), a final Softmax/LogSoftmax, and the plumbing that
+PyTorch's legacy and dynamo exporters put around them. Refused: bidirectional LSTMs, GRU/RNN,
+sequence_lens, peepholes, input_forget, clip, other activations, non-zero initial states,
+proj_size exports (detected by their inconsistent shapes), anything else on the data path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..ir import FloatModel
+from .onnx_data_ops import DATA_OPS, DATA_PATH_SUPPORT, ImportContext, refuse
+from .onnx_graph import DEFAULT_DOMAINS, GraphIndex, describe, first_line, read_model
+from .onnx_lstm import op_lstm
+from .onnx_values import Axis, Blocked, Data, fold_constant_node, shape_op
+
+NOT_YET = {"GRU": "GRU", "RNN": "simple RNN"}
+LAYOUTS = {("batch", "time", "feature"): "batch_first", ("time", "batch", "feature"): "time_major"}
+
+
+@dataclass(frozen=True)
+class OnnxImport:
+    """The imported model and how the graph's own input and output are laid out.
+
+    output_axes names each axis of the graph output: "batch", "time", "feature" or "unit"
+    (a size-1 axis, e.g. num_directions of a raw LSTM output)."""
+
+    model: FloatModel
+    input_name: str
+    input_layout: str  # "batch_first" or "time_major"
+    output_name: str
+    output_axes: Tuple[str, ...]
+
+
+def load_onnx(path, output: Optional[str] = None) -> FloatModel:
+    """Import an ONNX file; `output` picks the graph output when there are several."""
+    return inspect_onnx(path, output).model
+
+
+def graph_input_layout(path, output: Optional[str] = None) -> str:
+    """"batch_first" if the graph input is [N, T, F], "time_major" if it is [T, N, F]."""
+    return inspect_onnx(path, output).input_layout
+
+
+def inspect_onnx(path, output: Optional[str] = None) -> OnnxImport:
+    path = Path(path)
+    index = GraphIndex.build(read_model(path), path)
+    output_name = choose_output(index, output)
+    input_info = sequence_input(index, output_name)
+    ctx = ImportContext(opset=index.opset)
+    final = _walk(index, ctx, input_info, output_name)
+    return _assemble(path, ctx, final, input_info.name, output_name)
+
+
+def choose_output(index: GraphIndex, output: Optional[str]) -> str:
+    names = index.output_names
+    listing = ", ".join(f"'{n}'" for n in names)
+    if output is None:
+        if len(names) == 1:
+            return names[0]
+        raise UnsupportedModelError(f"'{index.path}' has {len(names)} outputs ({listing}); choose one "
+                                    f"with output=NAME (command line: --output NAME)")
+    if output in names or output in index.producers:
+        return output
+    raise ModelFormatError(f"'{index.path}' has no output '{output}'; its outputs are {listing}")
+
+
+def sequence_input(index: GraphIndex, output_name: str) -> onnx.ValueInfoProto:
+    """The graph input carrying the sequence: of the inputs the output depends on, the one not
+    used as an LSTM's sequence_lens, initial state or peephole (those are refused later, by the
+    node that reads them)."""
+    needed = index.free_inputs_needed_for(output_name)
+    side = {n.input[k] for n in index.nodes_needed_for(output_name) if n.op_type == "LSTM"
+            for k in range(4, len(n.input))}
+    candidates = [name for name in needed if name not in side]
+    if not candidates:
+        raise UnsupportedModelError(f"'{index.path}': output '{output_name}' does not depend on a sequence input")
+    if len(candidates) > 1:
+        raise UnsupportedModelError(
+            f"'{index.path}': output '{output_name}' depends on {len(candidates)} graph inputs "
+            f"({', '.join(candidates)}); only one sequence input is supported")
+    info = index.free_inputs[candidates[0]]
+    tensor_type = info.type.tensor_type
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise UnsupportedModelError(f"graph input '{info.name}' is not float32; only float32 inputs are supported")
+    if tensor_type.HasField("shape") and len(tensor_type.shape.dim) != 3:
+        raise UnsupportedModelError(f"graph input '{info.name}' has rank {len(tensor_type.shape.dim)}; expected "
+                                    f"a rank-3 sequence [batch, time, feature] or [time, batch, feature]")
+    return info
+
+
+def _input_data(info: onnx.ValueInfoProto) -> Data:
+    dims = info.type.tensor_type.shape.dim if info.type.tensor_type.HasField("shape") else [None] * 3
+    sizes = [d.dim_value if d is not None and d.HasField("dim_value") and d.dim_value > 0 else None
+             for d in dims]
+    return Data(tuple(Axis(f"in{k}", size) for k, size in enumerate(sizes)))
+
+
+def _walk(index: GraphIndex, ctx: ImportContext, input_info, output_name: str):
+    values: Dict[str, object] = {name: _initializer(index, t) for name, t in index.initializers.items()}
+    for name in index.free_inputs:
+        values[name] = Blocked(f"graph input '{name}' (only one input, the sequence, is supported; "
+                               f"initial states must be zero)")
+    values[input_info.name] = _input_data(input_info)
+    for node in index.nodes_needed_for(output_name):
+        inputs = [_lookup(values, node, name) if name else None for name in node.input]
+        results = evaluate(ctx, node, inputs)
+        for name, value in zip(node.output, results):
+            if name:
+                values[name] = value
+    return values[output_name]
+
+
+def _initializer(index: GraphIndex, tensor: onnx.TensorProto) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # raw data of the wrong length, unknown data type, ...
+        raise ModelFormatError(f"'{index.path}': initializer '{tensor.name}' is unreadable: {first_line(exc)}") from None
+
+
+def _lookup(values: dict, node, name: str):
+    if name not in values:
+        raise ModelFormatError(f"{describe(node)}: its input '{name}' is not computed by any earlier node, "
+                               f"initializer or graph input")
+    return values[name]
+
+
+def evaluate(ctx: ImportContext, node: onnx.NodeProto, inputs: List[object]) -> list:
+    """What `node` computes, given what is known of its inputs."""
+    try:
+        return _dispatch(ctx, node, inputs)
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        # Missing inputs, out-of-range axes or indices: the node itself is malformed.
+        raise ModelFormatError(f"{describe(node)}: malformed node ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def _dispatch(ctx: ImportContext, node: onnx.NodeProto, inputs: List[object]) -> list:
+    if node.domain not in DEFAULT_DOMAINS:
+        raise refuse(node, f"operators of domain '{node.domain}' are not supported (standard ONNX only)")
+    for value in inputs:
+        if isinstance(value, Blocked):
+            raise refuse(node, f"it uses {value.message}")
+    if node.op_type in NOT_YET:
+        raise refuse(node, f"{NOT_YET[node.op_type]} layers are not supported yet; only LSTM")
+    if node.op_type == "LSTM":
+        return op_lstm(ctx, node, inputs)
+    if any(isinstance(v, Data) for v in inputs):
+        handler = DATA_OPS.get(node.op_type)
+        if handler is None:
+            raise refuse(node, f"this operator is not supported on the data path from the model input "
+                               f"to the output; {DATA_PATH_SUPPORT}")
+        return handler(ctx, node, inputs)
+    if all(v is None or isinstance(v, np.ndarray) for v in inputs):
+        return fold_constant_node(node, inputs, ctx.opset)
+    return shape_op(node, inputs, ctx.opset)
+
+
+# --- the result ----------------------------------------------------------------------------
+
+def _assemble(path: Path, ctx: ImportContext, final, input_name: str, output_name: str) -> OnnxImport:
+    if isinstance(final, Blocked):
+        raise UnsupportedModelError(f"output '{output_name}' is {final.message}")
+    if not isinstance(final, Data) or not final.lstm:
+        raise UnsupportedModelError(f"'{path}': output '{output_name}' is not computed by an LSTM from the "
+                                    f"model input; the model must start with an LSTM layer")
+    input_layout = _input_layout(ctx, input_name)
+    output_axes = tuple(ctx.roles.role(a.label) for a in final.axes)
+    _check_output_axes(output_name, output_axes, final.last_step)
+    notes = (f"graph input '{input_name}' is {input_layout.replace('_', '-')}",
+             f"graph output '{output_name}' has axes [{', '.join(output_axes)}]")
+    model = FloatModel(lstm_layers=final.lstm, head=final.head, sequence_output=not final.last_step,
+                       final_softmax=final.softmax, name=path.stem, source=str(path), notes=notes)
+    return OnnxImport(model, input_name, input_layout, output_name, output_axes)
+
+
+def _input_layout(ctx: ImportContext, input_name: str) -> str:
+    roles = tuple(ctx.roles.role(f"in{k}") for k in range(3))
+    if roles not in LAYOUTS:
+        shown = ", ".join(r or "unused" for r in roles)
+        raise UnsupportedModelError(f"graph input '{input_name}' has axes [{shown}]; supported are "
+                                    f"[batch, time, feature] and [time, batch, feature]")
+    return LAYOUTS[roles]
+
+
+def _check_output_axes(output_name: str, axes: Tuple[str, ...], last_step: bool) -> None:
+    meaningful = [a for a in axes if a != "unit"]
+    # "batch" may be missing when the export fixed it at 1 and squeezed it away.
+    allowed = [["batch", "feature"], ["feature"]] if last_step else [
+        ["batch", "time", "feature"], ["time", "batch", "feature"], ["time", "feature"]]
+    if meaningful not in allowed:
+        raise UnsupportedModelError(f"graph output '{output_name}' has axes [{', '.join(axes)}]; supported are "
+                                    f"[batch, time, feature], [time, batch, feature] and [batch, feature] "
+                                    f"(plus size-1 axes)")
+
+
+__all__ = ["OnnxImport", "load_onnx", "inspect_onnx", "graph_input_layout"]

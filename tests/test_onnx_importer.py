@@ -1,0 +1,386 @@
+"""The ONNX importer on graphs built with onnx.helper (tests/onnx_cases.py); no torch needed.
+
+Each supported case checks that lstm_edge.reference.forward on the imported model equals the
+graph run by onnxruntime (or, for LSTM layout=1, which onnxruntime refuses, by
+onnx.reference.ReferenceEvaluator) within 1e-5. Each refusal checks the error class and that
+the message is one line naming the node and its op type.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from lstm_edge.errors import LstmEdgeError, ModelFormatError, UnsupportedModelError
+from lstm_edge.importers import load_model
+from lstm_edge.importers.onnx_importer import graph_input_layout, inspect_onnx, load_onnx
+from lstm_edge.ir import Activation
+from lstm_edge.reference import forward
+from onnx_cases import (Spec, append_node, build_case, dense_before_lstm_case, find_node, model_input,
+                        rank2_input_case, recurrent_case, set_attribute, set_input, to_reference_layout)
+
+ATOL = 1e-5
+AXIS_LETTERS = {"batch": "n", "time": "t", "feature": "f", "unit": "1"}
+
+
+def save(model: onnx.ModelProto, folder: Path, name: str = "case") -> Path:
+    path = folder / f"{name}.onnx"
+    onnx.save_model(model, str(path))
+    return path
+
+
+def run_graph(case, path: Path, x: np.ndarray) -> np.ndarray:
+    if case.runner == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(onnx.load(str(path))).run(None, {"x": x})[0]
+
+
+def check_against_graph(case, path: Path, seed: int = 0):
+    """Import `path`, then compare reference.forward with the graph itself."""
+    imported = inspect_onnx(path)
+    assert imported.input_layout == case.input_layout
+    assert "".join(AXIS_LETTERS[a] for a in imported.output_axes) == case.output_axes
+    x = np.random.default_rng(seed).standard_normal((case.batch, case.steps, case.features)).astype(np.float32)
+    expected = to_reference_layout(run_graph(case, path, model_input(case, x)), case.output_axes)
+    got = forward(imported.model, x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+    return imported.model
+
+
+def check_spec(spec: Spec, tmp_path: Path):
+    case = build_case(spec)
+    return check_against_graph(case, save(case.model, tmp_path))
+
+
+# --- supported graphs ----------------------------------------------------------------------
+
+SINGLE_LAYER = {
+    "forward": Spec(features=4, hidden=(8,)),
+    "reverse": Spec(features=3, hidden=(5,), reverse=(True,), batch=4),
+    "layout1_batch_first": Spec(features=6, hidden=(7,), layout=1, batch_first=True),
+    "layout1_reverse_time_major_input": Spec(features=2, hidden=(3,), layout=1, reverse=(True,)),
+    "batch_first_transpose": Spec(features=5, hidden=(16,), batch_first=True, steps=12, batch=4),
+    "no_bias_tiny": Spec(features=1, hidden=(1,), bias=False, steps=5),
+    "state_constant_zeros": Spec(hidden=(9,), state="zeros"),
+    "state_constant_of_shape": Spec(state="constant_of_shape", batch_first=True, constant_nodes=True),
+    "state_expand_wide": Spec(features=32, hidden=(32,), state="expand", steps=20),
+    "state_constant_of_shape_layout1": Spec(state="constant_of_shape", layout=1, batch_first=True),
+    "state_expand_layout1": Spec(state="expand", layout=1, hidden=(4,)),
+    "raw_y": Spec(select="raw_y"),
+    "raw_y_layout1": Spec(select="raw_y", layout=1),
+    "y_h_unsqueezed": Spec(select="y_h", hidden=(11,)),
+    "y_h_layout1": Spec(select="y_h", layout=1),
+    "y_h_reverse_squeezed": Spec(select="y_h_squeezed", reverse=(True,)),
+    "static_shape": Spec(static_shape=True, batch_first=True, select="gather", head=(("gemm", 3, None),)),
+    "opset11": Spec(opset=11, batch_first=True, constant_nodes=True, state="constant_of_shape"),
+}
+
+
+@pytest.mark.parametrize("spec", SINGLE_LAYER.values(), ids=SINGLE_LAYER.keys())
+def test_single_layer_matches_graph(spec, tmp_path):
+    model = check_spec(spec, tmp_path)
+    assert len(model.lstm_layers) == 1
+    assert model.lstm_layers[0].reverse == bool(spec.reverse and spec.reverse[0])
+    assert model.sequence_output == (spec.select in ("sequence", "raw_y"))
+
+
+STACKED = {
+    "two_squeeze_legacy_style": Spec(features=3, hidden=(8, 5), batch_first=True, state="constant_of_shape",
+                                     constant_nodes=True),
+    "two_reshape_reverse_top": Spec(hidden=(4, 4), link="reshape", reverse=(False, True)),
+    "three_dynamo_style": Spec(features=4, hidden=(10, 10, 10), link="dynamo", state="expand", steps=9),
+    "three_layout1_reshape": Spec(hidden=(5, 7, 3), layout=1, link="reshape", batch_first=True),
+    "three_mixed_directions": Spec(hidden=(12, 32, 2), reverse=(True, False, True), steps=20, batch=5),
+}
+
+
+@pytest.mark.parametrize("spec", STACKED.values(), ids=STACKED.keys())
+def test_stacked_layers_match_graph(spec, tmp_path):
+    model = check_spec(spec, tmp_path)
+    assert [l.hidden_size for l in model.lstm_layers] == list(spec.hidden)
+    assert [l.name for l in model.lstm_layers] == [f"lstm_{k}" for k in range(len(spec.hidden))]
+
+
+HEADS = {
+    "gemm_transB1_gather_last": Spec(batch_first=True, select="gather", head=(("gemm", 5, None),)),
+    "gemm_transB0_alpha_beta_h_n": Spec(select="y_h_gather", head=(("gemm_t0", 3, "Tanh"),)),
+    "matmul_add_relu_per_step_softmax": Spec(head=(("matmul", 8, "Relu"), ("matmul", 3, None)), softmax="Softmax"),
+    "matmul_relu_sigmoid_batch_first": Spec(batch_first=True, head=(("matmul", 6, "Relu"), ("matmul", 2, "Sigmoid"))),
+    "slice_last_gemm_logsoftmax": Spec(select="slice", head=(("gemm", 4, "Relu"), ("gemm", 3, None)),
+                                       softmax="LogSoftmax"),
+    "slice_last_matmul_keeps_unit_axis": Spec(select="slice", head=(("matmul", 4, "Tanh"),)),
+    "gather_step0_of_reverse": Spec(select="gather", reverse=(True,), head=(("gemm", 3, None),), softmax="Softmax"),
+    "slice_step0_of_reverse": Spec(select="slice", reverse=(True,), batch_first=True),
+    "y_h_gemm_logsoftmax": Spec(select="y_h_squeezed", head=(("gemm", 4, None),), softmax="LogSoftmax"),
+    "layout1_gather_gemm_sigmoid": Spec(layout=1, batch_first=True, select="gather", head=(("gemm", 3, "Sigmoid"),)),
+    "weights_computed_in_graph": Spec(in_graph_weights=True, hidden=(6, 4), head=(("matmul", 3, None),)),
+    "weights_in_graph_constant_nodes": Spec(in_graph_weights=True, constant_nodes=True, state="constant_of_shape",
+                                            select="gather", head=(("gemm", 2, "Relu"),)),
+}
+
+
+@pytest.mark.parametrize("spec", HEADS.values(), ids=HEADS.keys())
+def test_heads_match_graph(spec, tmp_path):
+    model = check_spec(spec, tmp_path)
+    assert [d.output_size for d in model.head] == [units for _, units, _ in spec.head]
+    assert [d.activation for d in model.head] == [Activation(a.lower()) if a else Activation.NONE
+                                                 for _, _, a in spec.head]
+    assert model.final_softmax == (spec.softmax.lower() if spec.softmax else None)
+
+
+def test_plumbing_after_the_head(tmp_path):
+    """Flatten, Dropout, Identity, Cast and Unsqueeze only move or keep axes."""
+    case = build_case(Spec(batch_first=True, select="gather", head=(("gemm", 3, "Relu"),)))
+    append_node(case.model, "Flatten", axis=1)
+    append_node(case.model, "Dropout")
+    append_node(case.model, "Identity")
+    append_node(case.model, "Cast", to=onnx.TensorProto.FLOAT)
+    append_node(case.model, "Unsqueeze", [np.array([1], np.int64)])
+    case.output_axes = "n1f"
+    check_against_graph(case, save(case.model, tmp_path))
+
+
+def test_names_come_from_file_and_nodes(tmp_path):
+    case = build_case(Spec(hidden=(4, 3), select="gather", head=(("gemm", 2, None), ("gemm", 2, None)),
+                           names={"lstm0": "encoder", "lstm1": "", "dense0": "classifier", "dense1": ""}))
+    model = load_model(save(case.model, tmp_path, "my_kws.v2"))
+    assert model.name == "my_kws.v2"
+    assert [l.name for l in model.lstm_layers] == ["encoder", "lstm1"]
+    assert [d.name for d in model.head] == ["classifier", "dense1"]
+
+
+def test_graph_input_layout(tmp_path):
+    batch_first = save(build_case(Spec(batch_first=True)).model, tmp_path, "bf")
+    time_major = save(build_case(Spec(layout=1)).model, tmp_path, "tm")  # layout=1 behind a Transpose
+    assert graph_input_layout(batch_first) == "batch_first"
+    assert graph_input_layout(time_major) == "time_major"
+
+
+def test_unused_branches_are_ignored(tmp_path):
+    """An unsupported node outside the output's ancestry (here on Y_c) does not matter."""
+    model = build_case(Spec()).model
+    lstm = find_node(model, "LSTM")
+    model.graph.node.append(onnx.helper.make_node("LeakyRelu", [lstm.output[2]], ["unused"], name="dangling"))
+    load_onnx(save(model, tmp_path))
+
+
+def test_choosing_among_several_outputs(tmp_path):
+    case = build_case(Spec())
+    lstm = find_node(case.model, "LSTM")
+    case.model.graph.output.append(onnx.helper.make_tensor_value_info(lstm.output[1], onnx.TensorProto.FLOAT, None))
+    path = save(case.model, tmp_path)
+    with pytest.raises(UnsupportedModelError) as info:
+        load_model(path)
+    message = one_line(info.value)
+    assert case.model.graph.output[0].name in message and lstm.output[1] in message and "output" in message
+    assert load_model(path, output=lstm.output[1]).sequence_output is False
+    assert load_model(path, output=case.model.graph.output[0].name).sequence_output is True
+    with pytest.raises(ModelFormatError, match="no output 'nope'"):
+        load_model(path, output="nope")
+
+
+# --- external data -------------------------------------------------------------------------
+
+def save_external(model: onnx.ModelProto, folder: Path, name: str = "ext") -> Path:
+    path = folder / f"{name}.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{name}.onnx.data", size_threshold=64)  # shape constants stay inline, as exporters do
+    return path
+
+
+def relocate_external_data(path: Path, location: str) -> None:
+    """Point every external tensor of the model at `location` (written as is in the proto)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(model, str(path))
+
+
+def test_external_data_is_loaded(tmp_path):
+    case = build_case(Spec(hidden=(16,), head=(("matmul", 4, None),)))
+    path = save_external(case.model, tmp_path)
+    assert (tmp_path / "ext.onnx.data").stat().st_size > 16 * 16 * 4
+    check_against_graph(case, path)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, where):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = save_external(build_case(Spec()).model, folder)
+    outside = tmp_path / "outside.data"
+    os.replace(folder / "ext.onnx.data", outside)  # a real file, so only the location is wrong
+    if where == "symlink":
+        (folder / "link.data").symlink_to(outside)
+    location = {"parent": "../outside.data", "absolute": str(outside), "symlink": "link.data"}[where]
+    relocate_external_data(path, location)
+    with pytest.raises(ModelFormatError) as info:
+        load_model(path)
+    message = one_line(info.value)
+    assert "outside" in message or "absolute" in message
+
+
+def test_missing_external_data_file(tmp_path):
+    path = save_external(build_case(Spec()).model, tmp_path)
+    (tmp_path / "ext.onnx.data").unlink()
+    with pytest.raises(ModelFormatError, match="missing"):
+        load_model(path)
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+def one_line(error: Exception) -> str:
+    message = str(error)
+    assert message and "\n" not in message, repr(message)
+    return message
+
+
+def lstm_model(**spec):
+    model = build_case(Spec(**spec)).model
+    return model, find_node(model, "LSTM")
+
+
+def edit_lstm(edit, **spec):
+    model, lstm = lstm_model(**spec)
+    edit(model, lstm)
+    return model
+
+
+def with_index(op_type: str, index: int, **spec):
+    """A model whose Gather (or Slice start/end) picks another time step."""
+    model = build_case(Spec(**spec)).model
+    node = find_node(model, op_type)
+    if op_type == "Gather":
+        set_input(model, node, 1, np.array(index, np.int64), "index")
+    else:
+        set_input(model, node, 1, np.array([index], np.int64), "starts")
+        set_input(model, node, 2, np.array([index + 1], np.int64), "ends")
+    return model
+
+
+def with_nan_weight(**spec):
+    model, lstm = lstm_model(**spec)
+    weight = next(t for t in model.graph.initializer if t.name == lstm.input[1])
+    values = numpy_helper.to_array(weight).copy()
+    values[0, 0, 0] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    return model
+
+
+def with_state_input(**spec):
+    model, lstm = lstm_model(**spec)
+    model.graph.input.append(onnx.helper.make_tensor_value_info("h0", onnx.TensorProto.FLOAT, [1, "batch", 8]))
+    while len(lstm.input) < 6:
+        lstm.input.append("")
+    lstm.input[5] = "h0"
+    return model
+
+
+def appended(op_type, extra=(), spec=None, **attrs):
+    model = build_case(Spec(**(spec or {}))).model
+    append_node(model, op_type, extra, name=f"my_{op_type.lower()}", **attrs)
+    return model
+
+
+def y_c_output():
+    model, lstm = lstm_model()
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(lstm.output[2], onnx.TensorProto.FLOAT, None))
+    return model
+
+
+# (model builder, error class, fragments the one-line message must contain)
+REFUSALS = {
+    "bidirectional": (lambda: edit_lstm(lambda m, n: set_attribute(n, "direction", "bidirectional")),
+                      UnsupportedModelError, ["'lstm_0' (LSTM)", "bidirectional", "not supported yet"]),
+    "gru": (lambda: recurrent_case("GRU", "gru_0"), UnsupportedModelError, ["'gru_0' (GRU)", "not supported yet"]),
+    "rnn": (lambda: recurrent_case("RNN", "rnn_0"), UnsupportedModelError, ["'rnn_0' (RNN)", "not supported yet"]),
+    "sequence_lens": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.full(3, 7, np.int32), "lens")),
+                      UnsupportedModelError, ["'lstm_0' (LSTM)", "sequence_lens"]),
+    "peephole": (lambda: edit_lstm(lambda m, n: set_input(m, n, 7, np.ones((1, 24), np.float32), "P")),
+                 UnsupportedModelError, ["'lstm_0' (LSTM)", "peephole"]),
+    "input_forget": (lambda: edit_lstm(lambda m, n: set_attribute(n, "input_forget", 1)),
+                     UnsupportedModelError, ["'lstm_0' (LSTM)", "input_forget"]),
+    "clip": (lambda: edit_lstm(lambda m, n: set_attribute(n, "clip", 3.0)),
+             UnsupportedModelError, ["'lstm_0' (LSTM)", "clip"]),
+    "activations": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activations", ["Sigmoid", "Relu", "Tanh"])),
+                    UnsupportedModelError, ["'lstm_0' (LSTM)", "activations", "Relu"]),
+    "nonzero_constant_state": (lambda: lstm_model(state="nonzero")[0],
+                               UnsupportedModelError, ["'lstm_0' (LSTM)", "non-zero initial_h", "not supported yet"]),
+    "nonzero_constant_of_shape_state": (lambda: lstm_model(state="constant_of_shape_ones")[0],
+                                        UnsupportedModelError, ["'lstm_0' (LSTM)", "non-zero", "not supported yet"]),
+    "state_from_graph_input": (with_state_input, UnsupportedModelError, ["'lstm_0' (LSTM)", "graph input 'h0'"]),
+    "hidden_size_mismatch": (lambda: edit_lstm(lambda m, n: set_attribute(n, "hidden_size", 10)),
+                             ModelFormatError, ["'lstm_0' (LSTM)", "hidden_size=10", "proj_size"]),
+    "nan_weight": (with_nan_weight, ModelFormatError, ["'lstm_0' (LSTM)", "NaN"]),
+    "unsupported_op": (lambda: appended("LeakyRelu", spec=dict(head=(("matmul", 3, None),))),
+                       UnsupportedModelError, ["'my_leakyrelu' (LeakyRelu)", "supported: LSTM"]),
+    "scaling_the_output": (lambda: appended("Mul", [np.float32(2.0)]),
+                           UnsupportedModelError, ["'my_mul' (Mul)", "data path"]),
+    "custom_domain": (lambda: appended("Swish", domain="com.example"),
+                      UnsupportedModelError, ["'my_swish' (Swish)", "com.example"]),
+    "activation_on_lstm_output": (lambda: appended("Tanh"), UnsupportedModelError,
+                                  ["'my_tanh' (Tanh)", "directly on an LSTM output"]),
+    "reshape_merging_axes": (lambda: appended("Reshape", [np.array([-1, 8], np.int64)]),
+                             UnsupportedModelError, ["'my_reshape' (Reshape)", "size-1 axes"]),
+    "softmax_over_time": (lambda: appended("Softmax", spec=dict(head=(("matmul", 3, None),)), axis=0),
+                          UnsupportedModelError, ["'my_softmax' (Softmax)", "feature axis"]),
+    "dense_before_lstm": (dense_before_lstm_case, UnsupportedModelError,
+                          ["'input_projection' (MatMul)", "before the first LSTM"]),
+    "y_c_output": (y_c_output, UnsupportedModelError, ["Y_c", "'lstm_0' (LSTM)"]),
+    "gather_middle_step": (lambda: with_index("Gather", 2, select="gather"), UnsupportedModelError,
+                           ["(Gather)", "other than the last"]),
+    "gather_last_of_reverse": (lambda: with_index("Gather", -1, select="gather", reverse=(True,)),
+                               UnsupportedModelError, ["(Gather)", "reverse LSTM 'lstm_0'"]),
+    "slice_middle_step": (lambda: with_index("Slice", 2, select="slice"), UnsupportedModelError,
+                          ["(Slice)", "other than the last"]),
+    "rank2_input": (rank2_input_case, UnsupportedModelError, ["graph input 'x'", "rank 2"]),
+}
+
+
+@pytest.mark.parametrize("build, error, fragments", REFUSALS.values(), ids=REFUSALS.keys())
+def test_refusals_are_one_clear_line(build, error, fragments, tmp_path):
+    path = save(build(), tmp_path)
+    with pytest.raises(error) as info:
+        load_model(path)
+    message = one_line(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_unreadable_file_names_the_path(tmp_path):
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"\x08\x96\x01\xff\xfe not a protobuf" * 10)
+    with pytest.raises(ModelFormatError) as info:
+        load_model(path)
+    assert str(path) in one_line(info.value)
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(ModelFormatError, match="not found"):
+        load_model(tmp_path / "absent.onnx")
+    keras = tmp_path / "model.h5"
+    keras.write_bytes(b"")
+    with pytest.raises(UnsupportedModelError) as info:
+        load_model(keras)
+    assert ".h5" in one_line(info.value) and "ONNX (.onnx)" in str(info.value)
+
+
+def test_every_error_is_a_domain_error(tmp_path):
+    """The CLI prints LstmEdgeError as one line; nothing else may escape the importer."""
+    for build, _, _ in REFUSALS.values():
+        with pytest.raises(LstmEdgeError):
+            load_model(save(build(), tmp_path))
