@@ -20,6 +20,13 @@ from .ir import Activation
 FORMAT_VERSION = 1
 
 
+def round_half_away(v):
+    """std::round: to nearest, ties away from zero (exact: v - trunc(v) is computed without error)."""
+    v = np.asarray(v, dtype=np.float64)
+    whole = np.trunc(v)
+    return whole + np.where(np.abs(v - whole) >= 0.5, np.sign(v), 0.0)
+
+
 @dataclass(frozen=True)
 class QuantParams:
     """real = scale * (q - zero_point); scale is a float32 value, as TFLite stores it."""
@@ -29,8 +36,7 @@ class QuantParams:
 
     def quantize(self, real: np.ndarray) -> np.ndarray:
         """Round half away from zero (TFLite), then saturate to int8."""
-        v = np.asarray(real, dtype=np.float64) / float(self.scale)
-        q = np.trunc(v + np.copysign(0.5, v)) + self.zero_point
+        q = round_half_away(np.asarray(real, dtype=np.float64) / float(self.scale)) + self.zero_point
         return np.clip(q, -128, 127).astype(np.int8)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from .calibration import CalibrationRanges, Range, needs_pre_activation_range
 from .errors import QuantizationError
 from .fixedpoint import INT32_MAX, effective_scale
 from .ir import Activation, DenseLayer, FloatModel, LstmLayer
-from .quantized_model import QDenseLayer, QLstmLayer, QuantizedModel, QuantParams, Requant
+from .quantized_model import QDenseLayer, QLstmLayer, QuantizedModel, QuantParams, Requant, round_half_away
 
 GATE_INPUT_SCALE = 2.0 ** -12   # gate pre-activations: int16 Q3.12
 GATE_OUTPUT_SCALE = 2.0 ** -15  # gate outputs: int16 Q0.15
@@ -34,14 +34,16 @@ def asymmetric_int8(r: Range) -> QuantParams:
     if hi - lo < 1e-8:  # a constant-zero tensor: any scale represents it exactly
         hi = lo + 1e-8 * 255
     scale = float(np.float32((hi - lo) / 255.0))
-    zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
+    zero_point = int(np.clip(round_half_away(-128 - lo / scale), -128, 127))  # TfLiteRound, as TFLite
     return QuantParams(scale, zero_point)
 
 
 def symmetric_int8(w: np.ndarray):
     """Per-tensor symmetric int8 (zero point 0, range +-127): (q, float32 scale)."""
     absmax = float(np.max(np.abs(w))) if w.size else 0.0
-    scale = float(np.float32(absmax / 127.0)) if absmax > 0 else 1.0
+    scale = float(np.float32(absmax / 127.0))
+    if scale == 0.0:  # all zero, or so tiny the float32 scale underflows: the weights are 0
+        scale = 1.0
     q = np.clip(np.round(w.astype(np.float64) / scale), -127, 127).astype(np.int8)
     return q, scale
 
@@ -138,6 +140,11 @@ def quantize_dense_layer(dense: DenseLayer, input_q: QuantParams, pre_range: Ran
 
 
 def quantize(model: FloatModel, ranges: CalibrationRanges, name: str) -> QuantizedModel:
+    if (len(ranges.hidden), len(ranges.cell), len(ranges.dense_pre), len(ranges.dense_out)) != (
+            len(model.lstm_layers), len(model.lstm_layers), len(model.head), len(model.head)):
+        raise QuantizationError(f"calibration ranges are for {len(ranges.hidden)} LSTM and "
+                                f"{len(ranges.dense_pre)} dense layers, the model has {len(model.lstm_layers)} "
+                                f"and {len(model.head)}: calibrate this model")
     for layer in model.lstm_layers:
         if layer.reverse:
             raise QuantizationError(f"layer '{layer.name}' runs in reverse direction: the streaming C API "
