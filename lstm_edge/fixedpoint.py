@@ -91,10 +91,11 @@ def saturating_rounding_doubling_high_mul(a, b):
     return np.where(overflow, INT32_MAX, result)
 
 
-def rounding_divide_by_pot(x, exponent: int):
-    """x / 2^exponent rounded to nearest, ties away from zero."""
+def rounding_divide_by_pot(x, exponent):
+    """x / 2^exponent rounded to nearest, ties away from zero (exponent may be a per-channel array)."""
     x = np.asarray(x, dtype=np.int64)
-    mask = (1 << exponent) - 1
+    exponent = np.asarray(exponent, dtype=np.int64)
+    mask = (np.int64(1) << exponent) - 1
     remainder = x & mask
     threshold = (mask >> 1) + (x < 0)
     return (x >> exponent) + (remainder > threshold)
@@ -110,13 +111,7 @@ def multiply_by_quantized_multiplier(x, multiplier: int, shift: int):
     shift = np.asarray(shift, dtype=np.int64)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
-    high = saturating_rounding_doubling_high_mul(x << left, multiplier)
-    if right.ndim == 0:
-        return rounding_divide_by_pot(high, int(right))
-    mask = (np.int64(1) << right) - 1
-    remainder = high & mask
-    threshold = (mask >> 1) + (high < 0)
-    return (high >> right) + (remainder > threshold)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, multiplier), right)
 
 
 def sigmoid_q15(x):
