@@ -15,9 +15,11 @@ import numpy as np
 from . import __version__
 from .errors import LstmEdgeError
 from .naming import model_prefix
-from .quantized_model import QuantizedModel, Requant
+from .quantized_model import QGruLayer, QuantizedModel, Requant
 
-KERNELS_LSTM = ("fixedpoint.c", "sigmoid_tanh.c", "lstm_layer.c")
+KERNELS_COMMON = ("fixedpoint.c", "sigmoid_tanh.c")
+KERNEL_LSTM = "lstm_layer.c"
+KERNEL_GRU = "gru_layer.c"
 KERNEL_DENSE = "fully_connected.c"
 KERNEL_TABLE = "lookup_s8.c"
 
@@ -68,22 +70,62 @@ def c_float(v: float) -> str:
 
 # ---------------------------------------------------------------------------- context
 
-def _layer_context(layer) -> dict:
+def _gate_arrays(k: int, layer) -> List[dict]:
+    """The four const arrays every recurrent layer has (its gate matrices and folded biases)."""
+    return [
+        dict(ctype="int8_t", name=f"layer{k}_input_weights", length=layer.input_weights.size,
+             data=c_array(layer.input_weights, 16)),
+        dict(ctype="int8_t", name=f"layer{k}_recurrent_weights", length=layer.recurrent_weights.size,
+             data=c_array(layer.recurrent_weights, 16)),
+        dict(ctype="int32_t", name=f"layer{k}_input_bias", length=layer.input_bias.size,
+             data=c_array(layer.input_bias, 8)),
+        dict(ctype="int32_t", name=f"layer{k}_recurrent_bias", length=layer.recurrent_bias.size,
+             data=c_array(layer.recurrent_bias, 8)),
+    ]
+
+
+def _gate_fields(k: int, layer) -> List[str]:
+    return [
+        f"input_size = {layer.input_size}", f"hidden_size = {layer.hidden_size}",
+        f"input_weights = layer{k}_input_weights", f"recurrent_weights = layer{k}_recurrent_weights",
+        f"input_bias = layer{k}_input_bias", f"recurrent_bias = layer{k}_recurrent_bias",
+        "input_requant = { " + ", ".join(c_requant(r) for r in layer.input_requant) + " }",
+        "recurrent_requant = { " + ", ".join(c_requant(r) for r in layer.recurrent_requant) + " }",
+    ]
+
+
+def _layer_context(k: int, layer, source: str) -> dict:
+    """Data, designated initialisers, state fields and the step call of recurrent layer k."""
+    q = f"input scale {layer.input_q.scale:.9g} zp {layer.input_q.zero_point}, hidden scale " \
+        f"{layer.hidden_q.scale:.9g} zp {layer.hidden_q.zero_point}"
+    hidden = dict(ctype="int8_t", name=f"hidden_{k}", size=layer.hidden_size, reset=layer.hidden_q.zero_point)
+    if isinstance(layer, QGruLayer):
+        variant = "n = tanh(Wx + r (.) (Rh + Rb))" if layer.linear_before_reset else "n = tanh(Wx + R (r (.) h))"
+        return dict(
+            hidden_size=layer.hidden_size,
+            comment=f"GRU layer {k} '{layer.name}': {layer.input_size} -> {layer.hidden_size} units, {q}.\n"
+                    f" * Gates: update, reset, new; {variant}.",
+            arrays=_gate_arrays(k, layer), params_type="gru_layer_params_t",
+            fields=_gate_fields(k, layer) + [
+                f"hidden_to_q15_requant = {c_requant(layer.hidden_to_q15_requant)}",
+                f"q15_to_hidden_requant = {c_requant(layer.q15_to_hidden_requant)}",
+                f"hidden_zero_point = {layer.hidden_q.zero_point}",
+                f"linear_before_reset = {1 if layer.linear_before_reset else 0}"],
+            state=[hidden],
+            step=f"gru_layer_step(&layer{k}_params, {source}, s->hidden_{k}, gru_update, gru_reset_hidden, h_next)")
     return dict(
-        name=layer.name, input_size=layer.input_size, hidden_size=layer.hidden_size,
-        input_weights=c_array(layer.input_weights, 16), input_weights_len=layer.input_weights.size,
-        recurrent_weights=c_array(layer.recurrent_weights, 16),
-        recurrent_weights_len=layer.recurrent_weights.size,
-        input_bias=c_array(layer.input_bias, 8), recurrent_bias=c_array(layer.recurrent_bias, 8),
-        input_requant=", ".join(c_requant(r) for r in layer.input_requant),
-        recurrent_requant=", ".join(c_requant(r) for r in layer.recurrent_requant),
-        forget_cell_requant=c_requant(layer.forget_cell_requant),
-        input_cell_requant=c_requant(layer.input_cell_requant),
-        hidden_requant=c_requant(layer.hidden_requant),
-        input_scale=f"{layer.input_q.scale:.9g}", input_zero_point=layer.input_q.zero_point,
-        hidden_scale=f"{layer.hidden_q.scale:.9g}", hidden_zero_point=layer.hidden_q.zero_point,
-        cell_scale_power=layer.cell_scale_power, cell_tanh_shift=layer.cell_tanh_shift,
-        cell_clip=layer.cell_clip)
+        hidden_size=layer.hidden_size,
+        comment=f"LSTM layer {k} '{layer.name}': {layer.input_size} -> {layer.hidden_size} units, {q},\n"
+                f" * cell scale 2^{layer.cell_scale_power}. Gates: input, forget, cell, output.",
+        arrays=_gate_arrays(k, layer), params_type="lstm_layer_params_t",
+        fields=_gate_fields(k, layer) + [
+            f"forget_cell_requant = {c_requant(layer.forget_cell_requant)}",
+            f"input_cell_requant = {c_requant(layer.input_cell_requant)}",
+            f"hidden_requant = {c_requant(layer.hidden_requant)}",
+            f"hidden_zero_point = {layer.hidden_q.zero_point}",
+            f"cell_tanh_shift = {layer.cell_tanh_shift}", f"cell_clip = {layer.cell_clip}"],
+        state=[hidden, dict(ctype="int16_t", name=f"cell_{k}", size=layer.hidden_size, reset=0)],
+        step=f"lstm_layer_step(&layer{k}_params, {source}, s->hidden_{k}, s->cell_{k}, h_next)")
 
 
 def _dense_context(dense) -> dict:
@@ -127,7 +169,12 @@ def summary(model: QuantizedModel) -> str:
 def render(model: QuantizedModel) -> Dict[str, str]:
     """{file name: text} of the generated C."""
     name = model_prefix(model.name)
-    kernels = list(KERNELS_LSTM)
+    kernels = list(KERNELS_COMMON)
+    grus = [l for l in model.lstm_layers if isinstance(l, QGruLayer)]
+    if len(grus) < len(model.lstm_layers):
+        kernels.append(KERNEL_LSTM)
+    if grus:
+        kernels.append(KERNEL_GRU)
     if model.head:
         kernels.append(KERNEL_DENSE)
     if any(d.table is not None for d in model.head):
@@ -142,9 +189,11 @@ def render(model: QuantizedModel) -> Dict[str, str]:
         input_scale=c_float(model.input_q.scale), input_zero_point=model.input_q.zero_point,
         output_scale=c_float(model.output_q.scale), output_zero_point=model.output_q.zero_point,
         state_bytes=model.state_bytes, kernels=kernels,
-        layers=[_layer_context(l) for l in model.lstm_layers], head=[_dense_context(d) for d in model.head],
-        head_calls=calls, head_buffers=buffers,
+        layers=[_layer_context(k, l, "in" if k == 0 else f"s->hidden_{k - 1}")
+                for k, l in enumerate(model.lstm_layers)],
+        head=[_dense_context(d) for d in model.head], head_calls=calls, head_buffers=buffers,
         max_hidden=max(l.hidden_size for l in model.lstm_layers),
+        max_gru_hidden=max([l.hidden_size for l in grus], default=0),
         max_width=max([d.output_size for d in model.head], default=1))
     env = environment()
     return {f"{name}.h": env.get_template("model.h.j2").render(ctx),

@@ -8,6 +8,7 @@ i, f, g, o (PyTorch and TFLite use the same order; ONNX and Keras do not). The f
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -25,16 +26,28 @@ SOURCE_GATE_ORDERS = {
     "keras": "ifgo",  # Keras: i, f, c, o
     "tflite": "ifgo",
 }
+# An order written out as letters (the .npz schema states its gate order this way): any permutation.
+SOURCE_GATE_ORDERS.update({"".join(p): "".join(p) for p in itertools.permutations(CANONICAL_GATES)})
 
 
-def to_canonical_gate_order(stacked: np.ndarray, source: str) -> np.ndarray:
-    """Split a [4H, ...] stacked gate tensor in `source` order into a canonical [4, H, ...] array."""
-    order = SOURCE_GATE_ORDERS[source]
-    if stacked.shape[0] % 4:
-        raise ModelFormatError(f"stacked gate tensor has {stacked.shape[0]} rows, not a multiple of 4")
-    parts = np.split(np.asarray(stacked, dtype=np.float32), 4, axis=0)
+# GRU: canonical (update z, reset r, new n). ONNX and Keras stack z, r, h(=n); PyTorch r, z, n.
+CANONICAL_GRU_GATES = "zrn"
+SOURCE_GRU_GATE_ORDERS = {"onnx": "zrn", "keras": "zrn", "pytorch": "rzn", "tflite": "zrn"}
+
+
+def to_canonical_gate_order(stacked: np.ndarray, source: str, cell: str = "lstm") -> np.ndarray:
+    """Split a stacked gate tensor in `source` order into a canonical [G, H, ...] array
+    (G = 4 for cell="lstm", 3 for cell="gru")."""
+    canonical, orders = (CANONICAL_GATES, SOURCE_GATE_ORDERS) if cell == "lstm" else (
+        CANONICAL_GRU_GATES, SOURCE_GRU_GATE_ORDERS)
+    order = orders[source]
+    count = len(canonical)
+    if stacked.shape[0] % count:
+        raise ModelFormatError(f"stacked {cell.upper()} gate tensor has {stacked.shape[0]} rows, "
+                               f"not a multiple of {count}")
+    parts = np.split(np.asarray(stacked, dtype=np.float32), count, axis=0)
     by_letter = dict(zip(order, parts))
-    return np.stack([by_letter[g] for g in CANONICAL_GATES])
+    return np.stack([by_letter[g] for g in canonical])
 
 
 class Activation(str, enum.Enum):
@@ -87,6 +100,45 @@ class LstmLayer:
 
 
 @dataclass(frozen=True)
+class GruLayer:
+    """One unidirectional GRU layer, gates in canonical order (z, r, n).
+
+    w_x [3, H, I], w_h [3, H, H], b_x [3, H], b_h [3, H] (ONNX Wb and Rb: they stay apart because
+    with linear_before_reset the recurrent bias of n is inside the reset gate's product).
+    h_t = (1 - z) * n + z * h_{t-1}, as ONNX, PyTorch and Keras define it.
+    """
+
+    w_x: np.ndarray
+    w_h: np.ndarray
+    b_x: np.ndarray
+    b_h: np.ndarray
+    linear_before_reset: bool = True
+    reverse: bool = False
+    name: str = "gru"
+
+    def __post_init__(self):
+        for label in ("w_x", "w_h", "b_x", "b_h"):
+            object.__setattr__(self, label, _frozen_array(getattr(self, label)))
+        h, i = self.hidden_size, self.input_size
+        if (self.w_x.shape != (3, h, i) or self.w_h.shape != (3, h, h) or self.b_x.shape != (3, h)
+                or self.b_h.shape != (3, h)):
+            raise ModelFormatError(
+                f"GRU layer '{self.name}': inconsistent shapes W{self.w_x.shape} R{self.w_h.shape} "
+                f"Wb{self.b_x.shape} Rb{self.b_h.shape} for hidden size {h}, input size {i}")
+        for label in ("w_x", "w_h", "b_x", "b_h"):
+            if not np.all(np.isfinite(getattr(self, label))):
+                raise ModelFormatError(f"GRU layer '{self.name}': {label} contains NaN or Inf")
+
+    @property
+    def input_size(self) -> int:
+        return int(self.w_x.shape[2])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.w_x.shape[1])
+
+
+@dataclass(frozen=True)
 class DenseLayer:
     """y = activation(w @ x + b); w [N, K], b [N]."""
 
@@ -116,7 +168,8 @@ class DenseLayer:
 
 @dataclass(frozen=True)
 class FloatModel:
-    """A stack of LSTM layers followed by an optional dense head.
+    """A stack of recurrent layers (`lstm_layers` holds LstmLayer and GruLayer alike) followed by an
+    optional dense head.
 
     sequence_output: True when the model emits one output per time step; False when only the
     last step's output is used (a classifier on the final state).
@@ -124,7 +177,7 @@ class FloatModel:
     outputs the logits before it (argmax is unchanged), the float reference applies it.
     """
 
-    lstm_layers: Tuple[LstmLayer, ...]
+    lstm_layers: Tuple["LstmLayer | GruLayer", ...]
     head: Tuple[DenseLayer, ...] = ()
     sequence_output: bool = True
     final_softmax: Optional[str] = None
@@ -162,5 +215,12 @@ class FloatModel:
 
     @property
     def parameter_count(self) -> int:
-        n = sum(l.w_x.size + l.w_h.size + l.bias.size for l in self.lstm_layers)
+        n = sum(sum(a.size for a in layer_arrays(l)) for l in self.lstm_layers)
         return n + sum(d.w.size + d.b.size for d in self.head)
+
+
+def layer_arrays(layer) -> Tuple[np.ndarray, ...]:
+    """The parameter arrays of a recurrent layer, whatever its kind."""
+    if isinstance(layer, GruLayer):
+        return (layer.w_x, layer.w_h, layer.b_x, layer.b_h)
+    return (layer.w_x, layer.w_h, layer.bias)

@@ -95,9 +95,51 @@ class QLstmLayer:
         return int(self.input_weights.shape[1])
 
     @property
+    def state_bytes(self) -> int:
+        return 3 * self.hidden_size  # int8 hidden + int16 cell
+
+    @property
     def cell_tanh_shift(self) -> int:
         """tanh reads the cell state (scale 2^p) as if at scale 2^(shift - 12): shift = p + 12."""
         return self.cell_scale_power + 12
+
+
+@dataclass(frozen=True)
+class QGruLayer:
+    """Integer GRU layer (our extension of the TFLM LSTM scheme; see docs/arithmetic.md)."""
+
+    name: str
+    input_weights: np.ndarray      # int8 [3, H, I], gates z, r, n
+    recurrent_weights: np.ndarray  # int8 [3, H, H]
+    input_bias: np.ndarray         # int32 [3, H], zp_x folded in (and Rb where outside the reset product)
+    recurrent_bias: np.ndarray     # int32 [3, H], zp_h folded in (and Rb_n with linear_before_reset)
+    input_requant: Tuple[Requant, ...]
+    recurrent_requant: Tuple[Requant, ...]
+    hidden_to_q15_requant: Requant  # s_h / 2^-15: h_prev (minus zp) into Q0.15
+    q15_to_hidden_requant: Requant  # 2^-15 / s_h: the new h from Q0.15 to int8
+    input_q: QuantParams
+    hidden_q: QuantParams
+    linear_before_reset: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_weights", _frozen(self.input_weights, np.int8))
+        object.__setattr__(self, "recurrent_weights", _frozen(self.recurrent_weights, np.int8))
+        object.__setattr__(self, "input_bias", _frozen(self.input_bias, np.int32))
+        object.__setattr__(self, "recurrent_bias", _frozen(self.recurrent_bias, np.int32))
+        object.__setattr__(self, "input_requant", tuple(self.input_requant))
+        object.__setattr__(self, "recurrent_requant", tuple(self.recurrent_requant))
+
+    @property
+    def input_size(self) -> int:
+        return int(self.input_weights.shape[2])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.input_weights.shape[1])
+
+    @property
+    def state_bytes(self) -> int:
+        return self.hidden_size  # int8 hidden state only
 
 
 @dataclass(frozen=True)
@@ -138,7 +180,7 @@ class QDenseLayer:
 @dataclass(frozen=True)
 class QuantizedModel:
     name: str                       # C prefix
-    lstm_layers: Tuple[QLstmLayer, ...]
+    lstm_layers: Tuple["QLstmLayer | QGruLayer", ...]  # the recurrent layers, LSTM or GRU
     head: Tuple[QDenseLayer, ...]
     sequence_output: bool
     final_softmax: Optional[str] = None
@@ -172,14 +214,14 @@ class QuantizedModel:
     @property
     def weight_bytes(self) -> int:
         n = sum(l.input_weights.size + l.recurrent_weights.size + 4 * (l.input_bias.size + l.recurrent_bias.size)
-                for l in self.lstm_layers)
+                for l in self.lstm_layers)  # same arrays for LSTM and GRU layers
         return n + sum(d.weights.size + 4 * d.bias.size + 8 * d.output_size
                        + (256 if d.table is not None else 0) for d in self.head)
 
     @property
     def state_bytes(self) -> int:
-        """int8 hidden + int16 cell per layer: the NAME_state_t payload."""
-        return sum(3 * l.hidden_size for l in self.lstm_layers)
+        """int8 hidden (+ int16 cell for LSTM) per layer: the NAME_state_t payload."""
+        return sum(l.state_bytes for l in self.lstm_layers)
 
 
 # ---------------------------------------------------------------------- JSON (de)serialization
@@ -192,8 +234,29 @@ def _requant_to_list(r: Requant):
     return [int(r.multiplier), int(r.shift)]
 
 
-def to_dict(model: QuantizedModel) -> dict:
-    layers = [{
+def _gru_to_dict(l: QGruLayer) -> dict:
+    return {
+        "kind": "gru",
+        "name": l.name,
+        "input_weights": l.input_weights.tolist(),
+        "recurrent_weights": l.recurrent_weights.tolist(),
+        "input_bias": l.input_bias.tolist(),
+        "recurrent_bias": l.recurrent_bias.tolist(),
+        "input_requant": [_requant_to_list(r) for r in l.input_requant],
+        "recurrent_requant": [_requant_to_list(r) for r in l.recurrent_requant],
+        "hidden_to_q15_requant": _requant_to_list(l.hidden_to_q15_requant),
+        "q15_to_hidden_requant": _requant_to_list(l.q15_to_hidden_requant),
+        "input_q": _quant_to_dict(l.input_q),
+        "hidden_q": _quant_to_dict(l.hidden_q),
+        "linear_before_reset": bool(l.linear_before_reset),
+    }
+
+
+def _layer_to_dict(l) -> dict:
+    if isinstance(l, QGruLayer):
+        return _gru_to_dict(l)
+    return {
+        "kind": "lstm",
         "name": l.name,
         "input_weights": l.input_weights.tolist(),
         "recurrent_weights": l.recurrent_weights.tolist(),
@@ -208,7 +271,11 @@ def to_dict(model: QuantizedModel) -> dict:
         "hidden_q": _quant_to_dict(l.hidden_q),
         "cell_scale_power": int(l.cell_scale_power),
         "cell_clip": int(l.cell_clip),
-    } for l in model.lstm_layers]
+    }
+
+
+def to_dict(model: QuantizedModel) -> dict:
+    layers = [_layer_to_dict(l) for l in model.lstm_layers]
     head = [{
         "name": d.name,
         "weights": d.weights.tolist(),
@@ -240,22 +307,37 @@ def from_dict(d: dict) -> QuantizedModel:
                                f"{FORMAT_VERSION}: recompile the model with this lstm-edge")
     q = lambda v: QuantParams(float(v["scale"]), int(v["zero_point"]))  # noqa: E731
     r = lambda v: Requant(int(v[0]), int(v[1]))  # noqa: E731
-    layers = tuple(QLstmLayer(
-        name=l["name"],
-        input_weights=np.array(l["input_weights"]),
-        recurrent_weights=np.array(l["recurrent_weights"]),
-        input_bias=np.array(l["input_bias"]),
-        recurrent_bias=np.array(l["recurrent_bias"]),
-        input_requant=tuple(r(v) for v in l["input_requant"]),
-        recurrent_requant=tuple(r(v) for v in l["recurrent_requant"]),
-        forget_cell_requant=r(l["forget_cell_requant"]),
-        input_cell_requant=r(l["input_cell_requant"]),
-        hidden_requant=r(l["hidden_requant"]),
-        input_q=q(l["input_q"]),
-        hidden_q=q(l["hidden_q"]),
-        cell_scale_power=int(l["cell_scale_power"]),
-        cell_clip=int(l["cell_clip"]),
-    ) for l in d["lstm_layers"])
+
+    def gru(l):
+        return QGruLayer(
+            name=l["name"], input_weights=np.array(l["input_weights"]),
+            recurrent_weights=np.array(l["recurrent_weights"]), input_bias=np.array(l["input_bias"]),
+            recurrent_bias=np.array(l["recurrent_bias"]),
+            input_requant=tuple(r(v) for v in l["input_requant"]),
+            recurrent_requant=tuple(r(v) for v in l["recurrent_requant"]),
+            hidden_to_q15_requant=r(l["hidden_to_q15_requant"]),
+            q15_to_hidden_requant=r(l["q15_to_hidden_requant"]),
+            input_q=q(l["input_q"]), hidden_q=q(l["hidden_q"]),
+            linear_before_reset=bool(l["linear_before_reset"]))
+
+    def lstm(l):
+        return QLstmLayer(
+            name=l["name"],
+            input_weights=np.array(l["input_weights"]),
+            recurrent_weights=np.array(l["recurrent_weights"]),
+            input_bias=np.array(l["input_bias"]),
+            recurrent_bias=np.array(l["recurrent_bias"]),
+            input_requant=tuple(r(v) for v in l["input_requant"]),
+            recurrent_requant=tuple(r(v) for v in l["recurrent_requant"]),
+            forget_cell_requant=r(l["forget_cell_requant"]),
+            input_cell_requant=r(l["input_cell_requant"]),
+            hidden_requant=r(l["hidden_requant"]),
+            input_q=q(l["input_q"]),
+            hidden_q=q(l["hidden_q"]),
+            cell_scale_power=int(l["cell_scale_power"]),
+            cell_clip=int(l["cell_clip"]))
+
+    layers = tuple(gru(l) if l.get("kind") == "gru" else lstm(l) for l in d["lstm_layers"])
     head = tuple(QDenseLayer(
         name=h["name"],
         weights=np.array(h["weights"]),

@@ -8,24 +8,22 @@ and effective scales are formed in double from them, as TFLite-Micro does at pre
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 
 from .calibration import CalibrationRanges, Range, needs_pre_activation_range
 from .errors import QuantizationError
 from .fixedpoint import INT32_MAX, effective_scale
-from .ir import Activation, DenseLayer, FloatModel, LstmLayer
-from .quantized_model import QDenseLayer, QLstmLayer, QuantizedModel, QuantParams, Requant, round_half_away
+from .int8_activations import TABLE_OUTPUT_Q, tflm_int8_table
+from .ir import Activation, DenseLayer, FloatModel, GruLayer, LstmLayer
+from .quantized_model import QDenseLayer, QGruLayer, QLstmLayer, QuantizedModel, QuantParams, Requant, round_half_away
 
 GATE_INPUT_SCALE = 2.0 ** -12   # gate pre-activations: int16 Q3.12
 GATE_OUTPUT_SCALE = 2.0 ** -15  # gate outputs: int16 Q0.15
 MIN_CELL_SCALE_POWER = -15      # cell range at least [-1, 1]: one step's i*g alone reaches +-1
 MAX_CELL_SCALE_POWER = 2        # tanh's input multiply 3 * 2^(p + 12) * int16 must fit in int32
-TABLE_OUTPUT_Q = {              # TFLite's fixed int8 output quantization of tanh and sigmoid
-    Activation.TANH: QuantParams(float(np.float32(1 / 128)), 0),
-    Activation.SIGMOID: QuantParams(float(np.float32(1 / 256)), -128),
-}
-_TABLE_FUNCTIONS = {Activation.TANH: np.tanh, Activation.SIGMOID: lambda v: 0.5 * (1 + np.tanh(0.5 * v))}
 
 
 def asymmetric_int8(r: Range) -> QuantParams:
@@ -77,30 +75,52 @@ def cell_scale_power(r: Range) -> int:
     return power
 
 
+@dataclass(frozen=True)
+class GateMatrices:
+    """Quantized gate matrices of a recurrent layer, one entry per gate."""
+
+    input_weights: np.ndarray
+    recurrent_weights: np.ndarray
+    input_bias: np.ndarray
+    recurrent_bias: np.ndarray
+    input_requant: Tuple[Requant, ...]
+    recurrent_requant: Tuple[Requant, ...]
+
+
+def quantize_gate_matrices(w_x, w_h, bias_x, bias_h, input_q: QuantParams, hidden_q: QuantParams,
+                           where: str) -> GateMatrices:
+    """Per gate g: int8 symmetric W_x[g], W_h[g]; int32 biases with the zero points folded in;
+    multipliers to the gates' Q3.12 pre-activation scale. bias_x is at scale s_x s_Wx, bias_h
+    (the recurrent bias, zero for LSTM) at scale s_h s_Wh."""
+    w_xq, w_hq, b_x, b_h, req_x, req_h = [], [], [], [], [], []
+    for g in range(len(w_x)):
+        qx, sx = symmetric_int8(w_x[g])
+        qh, sh = symmetric_int8(w_h[g])
+        qbx = quantize_bias(bias_x[g], effective_scale(input_q.scale, sx, divisor=1.0), where)
+        qbh = quantize_bias(bias_h[g], effective_scale(hidden_q.scale, sh, divisor=1.0), where)
+        # Zero points folded offline: sum_k W (x_k - zp) = sum_k W x_k - zp * rowsum(W).
+        bx = qbx - input_q.zero_point * qx.astype(np.int64).sum(axis=1)
+        bh = qbh - hidden_q.zero_point * qh.astype(np.int64).sum(axis=1)
+        rx = Requant.from_real(effective_scale(input_q.scale, sx, divisor=GATE_INPUT_SCALE))
+        rh = Requant.from_real(effective_scale(hidden_q.scale, sh, divisor=GATE_INPUT_SCALE))
+        check_accumulator_bounds(bx, qx, rx, f"{where} input gates")
+        check_accumulator_bounds(bh, qh, rh, f"{where} recurrent gates")
+        w_xq.append(qx), w_hq.append(qh), b_x.append(bx), b_h.append(bh), req_x.append(rx), req_h.append(rh)
+    return GateMatrices(np.stack(w_xq), np.stack(w_hq), np.stack(b_x), np.stack(b_h), tuple(req_x), tuple(req_h))
+
+
 def quantize_lstm_layer(layer: LstmLayer, input_q: QuantParams, hidden_range: Range, cell_range: Range
                         ) -> QLstmLayer:
     hidden_q = asymmetric_int8(hidden_range)
     power = cell_scale_power(cell_range)
-    w_x, w_h, b_x, b_h, req_x, req_h = [], [], [], [], [], []
-    for g in range(4):
-        qx, sx = symmetric_int8(layer.w_x[g])
-        qh, sh = symmetric_int8(layer.w_h[g])
-        bias_scale = effective_scale(input_q.scale, sx, divisor=1.0)
-        qb = quantize_bias(layer.bias[g], bias_scale, f"layer '{layer.name}'")
-        # Zero points folded offline: sum_k W (x_k - zp) = sum_k W x_k - zp * rowsum(W).
-        bx = qb - input_q.zero_point * qx.astype(np.int64).sum(axis=1)
-        bh = -hidden_q.zero_point * qh.astype(np.int64).sum(axis=1)
-        rx = Requant.from_real(effective_scale(input_q.scale, sx, divisor=GATE_INPUT_SCALE))
-        rh = Requant.from_real(effective_scale(hidden_q.scale, sh, divisor=GATE_INPUT_SCALE))
-        check_accumulator_bounds(bx, qx, rx, f"layer '{layer.name}' input gates")
-        check_accumulator_bounds(bh, qh, rh, f"layer '{layer.name}' recurrent gates")
-        w_x.append(qx), w_h.append(qh), b_x.append(bx), b_h.append(bh), req_x.append(rx), req_h.append(rh)
+    gates = quantize_gate_matrices(layer.w_x, layer.w_h, layer.bias, np.zeros_like(layer.bias), input_q,
+                                   hidden_q, f"layer '{layer.name}'")
     cell_scale = 2.0 ** power
     return QLstmLayer(
         name=layer.name,
-        input_weights=np.stack(w_x), recurrent_weights=np.stack(w_h),
-        input_bias=np.stack(b_x), recurrent_bias=np.stack(b_h),
-        input_requant=tuple(req_x), recurrent_requant=tuple(req_h),
+        input_weights=gates.input_weights, recurrent_weights=gates.recurrent_weights,
+        input_bias=gates.input_bias, recurrent_bias=gates.recurrent_bias,
+        input_requant=gates.input_requant, recurrent_requant=gates.recurrent_requant,
         forget_cell_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, cell_scale, divisor=cell_scale)),
         input_cell_requant=Requant.from_real(
             effective_scale(GATE_OUTPUT_SCALE, GATE_OUTPUT_SCALE, divisor=cell_scale)),
@@ -109,10 +129,40 @@ def quantize_lstm_layer(layer: LstmLayer, input_q: QuantParams, hidden_range: Ra
         input_q=input_q, hidden_q=hidden_q, cell_scale_power=power, cell_clip=0)
 
 
+def quantize_gru_layer(layer: GruLayer, input_q: QuantParams, hidden_range: Range) -> QGruLayer:
+    """Biases outside the reset product go to the input side (z, r always; n without
+    linear_before_reset); with linear_before_reset, Rb_n stays with the recurrent term it is
+    added to before the reset gate multiplies it."""
+    hidden_q = asymmetric_int8(hidden_range)
+    bias_x = np.array(layer.b_x, dtype=np.float64)
+    bias_h = np.zeros_like(bias_x)
+    bias_x[:2] += layer.b_h[:2]
+    if layer.linear_before_reset:
+        bias_h[2] = layer.b_h[2]
+    else:
+        bias_x[2] += layer.b_h[2]
+    gates = quantize_gate_matrices(layer.w_x, layer.w_h, bias_x, bias_h, input_q, hidden_q,
+                                   f"GRU layer '{layer.name}'")
+    return QGruLayer(
+        name=layer.name,
+        input_weights=gates.input_weights, recurrent_weights=gates.recurrent_weights,
+        input_bias=gates.input_bias, recurrent_bias=gates.recurrent_bias,
+        input_requant=gates.input_requant, recurrent_requant=gates.recurrent_requant,
+        hidden_to_q15_requant=Requant.from_real(effective_scale(hidden_q.scale, divisor=GATE_OUTPUT_SCALE)),
+        q15_to_hidden_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, divisor=hidden_q.scale)),
+        input_q=input_q, hidden_q=hidden_q, linear_before_reset=layer.linear_before_reset)
+
+
 def activation_table(activation: Activation, input_q: QuantParams, output_q: QuantParams) -> np.ndarray:
-    """int8 -> int8 table of a smooth activation, evaluated in float64 offline."""
-    q = np.arange(-128, 128)
-    return output_q.quantize(_TABLE_FUNCTIONS[activation](input_q.dequantize(q)))
+    """int8 -> int8 table of tanh / sigmoid: TFLite Micro's int8 TANH / LOGISTIC, entry for entry.
+
+    TFLM computes these in gemmlowp fixed point, not in float: a float64 table differed from it in
+    a few entries per thousand tables (by one step), so the table is filled by an exact
+    re-implementation of TFLM's integer kernel (int8_activations.py), checked against tflite-micro."""
+    table, table_q = tflm_int8_table(activation, input_q)
+    if output_q != table_q:
+        raise QuantizationError(f"{activation.value} output quantization {output_q} is not TFLite's {table_q}")
+    return table
 
 
 def quantize_dense_layer(dense: DenseLayer, input_q: QuantParams, pre_range: Range, out_range: Range
@@ -153,7 +203,10 @@ def quantize(model: FloatModel, ranges: CalibrationRanges, name: str) -> Quantiz
     act_q = asymmetric_int8(ranges.input)
     lstm_layers = []
     for layer, h_range, c_range in zip(model.lstm_layers, ranges.hidden, ranges.cell):
-        qlayer = quantize_lstm_layer(layer, act_q, h_range, c_range)
+        if isinstance(layer, GruLayer):
+            qlayer = quantize_gru_layer(layer, act_q, h_range)
+        else:
+            qlayer = quantize_lstm_layer(layer, act_q, h_range, c_range)
         lstm_layers.append(qlayer)
         act_q = qlayer.hidden_q
     head = []

@@ -12,7 +12,7 @@ from typing import List
 
 import numpy as np
 
-from .ir import Activation, DenseLayer, FloatModel, LstmLayer
+from .ir import Activation, DenseLayer, FloatModel, GruLayer, LstmLayer
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -65,13 +65,44 @@ def lstm_layer_forward(layer: LstmLayer, x: np.ndarray):
     return h_all, c_all
 
 
+def gru_layer_forward(layer: GruLayer, x: np.ndarray):
+    """x [N, T, I] -> (H_all [N, T, H], H_all): a GRU has no separate cell state, so its
+    hidden state is reported in both places calibration looks."""
+    n, steps, _ = x.shape
+    w_x, w_h = layer.w_x.astype(np.float64), layer.w_h.astype(np.float64)
+    b_x, b_h = layer.b_x.astype(np.float64), layer.b_h.astype(np.float64)
+    h_t = np.zeros((n, layer.hidden_size))
+    h_all = np.zeros((n, steps, layer.hidden_size))
+    order = range(steps - 1, -1, -1) if layer.reverse else range(steps)
+    for t in order:
+        # gx[g] = Xt*W[g]^T + Wb[g];  gh[g] = Ht-1*R[g]^T + Rb[g], for g in (z, r, n)
+        gx = np.einsum("nk,ghk->gnh", x[:, t, :].astype(np.float64), w_x) + b_x[:, None, :]
+        gh = np.einsum("nk,ghk->gnh", h_t, w_h) + b_h[:, None, :]
+        z_t = sigmoid(gx[0] + gh[0])
+        r_t = sigmoid(gx[1] + gh[1])
+        if layer.linear_before_reset:  # nt = tanh(Xt*Wn^T + Wbn + rt (.) (Ht-1*Rn^T + Rbn))
+            n_t = np.tanh(gx[2] + r_t * gh[2])
+        else:  # nt = tanh(Xt*Wn^T + Wbn + (rt (.) Ht-1)*Rn^T + Rbn)
+            n_t = np.tanh(gx[2] + (r_t * h_t) @ w_h[2].T + b_h[2])
+        h_t = (1.0 - z_t) * n_t + z_t * h_t
+        h_all[:, t] = h_t
+    return h_all, h_all
+
+
+def recurrent_layer_forward(layer, x: np.ndarray):
+    """(hidden sequence, cell-state sequence) of an LSTM or GRU layer."""
+    if isinstance(layer, GruLayer):
+        return gru_layer_forward(layer, x)
+    return lstm_layer_forward(layer, x)
+
+
 def dense_forward(dense: DenseLayer, x: np.ndarray):
     """x [..., K] -> (pre-activation, activation output), both [..., N]."""
     pre = x.astype(np.float64) @ dense.w.astype(np.float64).T + dense.b.astype(np.float64)
     return pre, _ACTIVATIONS[dense.activation](pre)
 
 
-def last_step(layer: LstmLayer, h_all: np.ndarray) -> np.ndarray:
+def last_step(layer, h_all: np.ndarray) -> np.ndarray:
     """The final state Y_h: the last step the layer processed (t=0 for a reverse layer)."""
     return h_all[:, 0] if layer.reverse else h_all[:, -1]
 
@@ -86,7 +117,7 @@ def forward(model: FloatModel, x: np.ndarray, trace: FloatTrace | None = None,
     """
     act = np.asarray(x, dtype=np.float64)
     for layer in model.lstm_layers:
-        act, cell = lstm_layer_forward(layer, act)
+        act, cell = recurrent_layer_forward(layer, act)
         if trace is not None:
             trace.hidden.append(act)
             trace.cell.append(cell)

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import InputDataError
 from .fixedpoint import (multiply_by_quantized_multiplier, saturate_int16, saturate_int8, sigmoid_q15,
                          tanh_q15)
-from .quantized_model import QDenseLayer, QLstmLayer, QuantizedModel
+from .quantized_model import QDenseLayer, QGruLayer, QLstmLayer, QuantizedModel
 
 GATE_INPUT, GATE_FORGET, GATE_CELL, GATE_OUTPUT = range(4)
 
@@ -82,6 +82,53 @@ def lstm_layer_step(layer: QLstmLayer, x, h, c, trace: Optional[list] = None):
     return h_new, c_new
 
 
+# ------------------------------------------------------------------------- GRU (twin of gru_layer.c)
+
+def gru_gate_term(weights, bias, requant, v):
+    """sat16(RQ(bias + W v)) for all gates: [G, N, H] in Q3.12."""
+    acc = np.einsum("ghk,nk->gnh", weights.astype(np.int64), v) + bias[:, None, :]
+    m, s = _requant_arrays(requant)
+    return saturate_int16(multiply_by_quantized_multiplier(acc, m[:, None, None], s[:, None, None]))
+
+
+def gru_reset_hidden(layer: QGruLayer, reset_gate, h):
+    """r (.) h_prev, kept in h's int8 quantization: sat8(RQ(r * (h - zp_h), 2^-15) + zp_h)."""
+    zp = layer.hidden_q.zero_point
+    return saturate_int8(multiply_by_quantized_multiplier(reset_gate * (h - zp), 1 << 30, -14) + zp)
+
+
+def gru_hidden_update(layer: QGruLayer, update_gate, candidate, h):
+    """h = (1 - z) n + z h_prev = n + z (h_prev - n), in Q0.15, then back to int8."""
+    zp = layer.hidden_q.zero_point
+    hq, back = layer.hidden_to_q15_requant, layer.q15_to_hidden_requant
+    h_prev = saturate_int16(multiply_by_quantized_multiplier(h - zp, hq.multiplier, hq.shift))
+    h_new = saturate_int16(candidate + multiply_by_quantized_multiplier(update_gate * (h_prev - candidate),
+                                                                        1 << 30, -14))
+    return saturate_int8(multiply_by_quantized_multiplier(h_new, back.multiplier, back.shift) + zp)
+
+
+def gru_layer_step(layer: QGruLayer, x, h, trace: Optional[list] = None):
+    """One GRU step for the whole batch: returns the new int8 h."""
+    from_input = gru_gate_term(layer.input_weights, layer.input_bias, layer.input_requant, x)
+    from_hidden = gru_gate_term(layer.recurrent_weights[:2], layer.recurrent_bias[:2],
+                                layer.recurrent_requant[:2], h)
+    z_gate = sigmoid_q15(saturate_int16(from_input[0] + from_hidden[0]))
+    r_gate = sigmoid_q15(saturate_int16(from_input[1] + from_hidden[1]))
+    if layer.linear_before_reset:  # n = tanh(Wn x + r (.) (Rn h + Rbn))
+        nh = gru_gate_term(layer.recurrent_weights[2:], layer.recurrent_bias[2:], layer.recurrent_requant[2:], h)[0]
+        reset_term = saturate_int16(multiply_by_quantized_multiplier(r_gate * nh, 1 << 30, -14))
+    else:  # n = tanh(Wn x + Rn (r (.) h))
+        rh = gru_reset_hidden(layer, r_gate, h)
+        reset_term = gru_gate_term(layer.recurrent_weights[2:], layer.recurrent_bias[2:],
+                                   layer.recurrent_requant[2:], rh)[0]
+    n_gate = tanh_q15(saturate_int16(from_input[2] + reset_term), 0)
+    h_new = gru_hidden_update(layer, z_gate, n_gate, h)
+    if trace is not None:
+        pre = np.stack([from_input[0] + from_hidden[0], from_input[1] + from_hidden[1], from_input[2] + reset_term])
+        trace.append(GateTrace(saturate_int16(pre), np.stack([z_gate, r_gate, n_gate]), h_new, h_new))
+    return h_new
+
+
 def fully_connected_s8(dense: QDenseLayer, x: np.ndarray) -> np.ndarray:
     """y = clamp( RQ(B + W x, M[n]) + zp_y, act_min, act_max ), per output channel."""
     acc = x.astype(np.int64) @ dense.weights.astype(np.int64).T + dense.bias
@@ -121,7 +168,10 @@ def _layers_step(model: QuantizedModel, state: SimState, x_t: np.ndarray, traces
     act = x_t
     for k, layer in enumerate(model.lstm_layers):
         trace = traces[k] if traces is not None else None
-        state.hidden[k], state.cell[k] = lstm_layer_step(layer, act, state.hidden[k], state.cell[k], trace)
+        if isinstance(layer, QGruLayer):
+            state.hidden[k] = gru_layer_step(layer, act, state.hidden[k], trace)
+        else:
+            state.hidden[k], state.cell[k] = lstm_layer_step(layer, act, state.hidden[k], state.cell[k], trace)
         act = state.hidden[k]
     return act
 

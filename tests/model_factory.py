@@ -4,19 +4,26 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from lstm_edge.ir import Activation, DenseLayer, FloatModel, LstmLayer
+from lstm_edge.ir import Activation, DenseLayer, FloatModel, GruLayer, LstmLayer
 
 
 def random_model(input_size: int, hidden_sizes: Sequence[int], head: Sequence[Tuple[int, str]] = (),
                  sequence_output: bool = True, seed: int = 0, weight_std: float = 0.5,
-                 final_softmax=None) -> FloatModel:
-    """LSTM stack with `hidden_sizes`, then dense layers given as (units, activation)."""
+                 final_softmax=None, kinds: Sequence[str] = ()) -> FloatModel:
+    """Recurrent stack with `hidden_sizes`, then dense layers given as (units, activation).
+    kinds[k] is "lstm" (default), "gru" (linear_before_reset, as PyTorch) or "gru0" (without)."""
     rng = np.random.default_rng(seed)
     layers, width = [], input_size
     for k, h in enumerate(hidden_sizes):
         std = weight_std / np.sqrt(max(width, h) / 8)  # keep gates in a lively range at any width
-        layers.append(LstmLayer(rng.normal(0, std, (4, h, width)), rng.normal(0, std, (4, h, h)),
-                                rng.normal(0, 0.3, (4, h)), name=f"lstm{k}"))
+        kind = kinds[k] if k < len(kinds) else "lstm"
+        if kind.startswith("gru"):
+            layers.append(GruLayer(rng.normal(0, std, (3, h, width)), rng.normal(0, std, (3, h, h)),
+                                   rng.normal(0, 0.3, (3, h)), rng.normal(0, 0.3, (3, h)),
+                                   linear_before_reset=kind == "gru", name=f"gru{k}"))
+        else:
+            layers.append(LstmLayer(rng.normal(0, std, (4, h, width)), rng.normal(0, std, (4, h, h)),
+                                    rng.normal(0, 0.3, (4, h)), name=f"lstm{k}"))
         width = h
     dense = []
     for k, (units, act) in enumerate(head):

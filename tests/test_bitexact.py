@@ -15,7 +15,7 @@ from lstm_edge.quantizer import quantize
 from lstm_edge.simulator import simulate
 from model_factory import random_model, signal_like
 
-# (input size, hidden sizes, head, sequence output, weight std)
+# (input size, hidden sizes, head, sequence output, weight std[, layer kinds])
 CONFIGS = {
     "i1_h1": (1, [1], [], True, 0.5),
     "i3_h5x2_last_dense": (3, [5, 5], [(4, "none")], False, 0.5),
@@ -26,6 +26,10 @@ CONFIGS = {
     "i7_h128_64_32_seq_head": (7, [128, 64, 32], [(6, "none")], True, 0.5),
     "i2_h3_last_nohead": (2, [3], [], False, 0.5),
     "i12_h24x2_saturating": (12, [24, 24], [(9, "none")], False, 4.0),
+    "gru_i10_h48_seq": (10, [48], [], True, 0.5, ["gru"]),
+    "gru0_i33_h20_last_head": (33, [20], [(4, "relu"), (3, "none")], False, 0.5, ["gru0"]),
+    "gru_lstm_gru0_i5_h64_32_16": (5, [64, 32, 16], [(6, "tanh")], True, 0.5, ["gru", "lstm", "gru0"]),
+    "gru_i12_h24x2_saturating": (12, [24, 24], [(9, "none")], False, 4.0, ["gru", "gru0"]),
 }
 STEPS = 12
 
@@ -40,9 +44,10 @@ def inputs_for(qmodel, rng, input_size):
 
 
 def build_config(key):
-    input_size, hidden, head, seq, std = CONFIGS[key]
+    input_size, hidden, head, seq, std, *kinds = CONFIGS[key]
     rng = np.random.default_rng(zlib.crc32(key.encode()))
-    model = random_model(input_size, hidden, head, sequence_output=seq, seed=len(key), weight_std=std)
+    model = random_model(input_size, hidden, head, sequence_output=seq, seed=len(key), weight_std=std,
+                         kinds=kinds[0] if kinds else ())
     calib = signal_like(rng, 64, STEPS, input_size, scale=2.0 if std > 1 else 1.0)
     qmodel = quantize(model, calibrate(model, calib), name=f"m_{key}")
     return model, qmodel, inputs_for(qmodel, rng, input_size)
@@ -68,9 +73,10 @@ def test_c_equals_simulator(compiled, cc, opt, tmp_path):
     assert np.array_equal(stepped if qmodel.sequence_output else stepped[:, -1], got)
 
 
-def test_saturating_config_really_saturates():
-    """Guard that the saturating configuration exercises the int16 clamps (else it adds nothing)."""
-    _, qmodel, x_q = build_config("i12_h24x2_saturating")
+@pytest.mark.parametrize("key", ["i12_h24x2_saturating", "gru_i12_h24x2_saturating"])
+def test_saturating_config_really_saturates(key):
+    """Guard that the saturating configurations exercise the int16 clamps (else they add nothing)."""
+    _, qmodel, x_q = build_config(key)
     _, traces = simulate(qmodel, x_q[:200], trace=True)
     pre = np.concatenate([s.preactivation.ravel() for s in traces[0]])
     assert np.mean((pre == 32767) | (pre == -32768)) > 0.01
