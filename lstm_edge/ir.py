@@ -139,6 +139,41 @@ class GruLayer:
 
 
 @dataclass(frozen=True)
+class BidirectionalLayer:
+    """Two recurrent layers of the same kind over the same input: `forward` from the first step to
+    the last, `backward` from the last to the first (both have reverse=False; the wrapper sets
+    the direction). Per step the output is [forward, backward] (merge="concat", width 2H) or
+    their sum (merge="sum", width H). Needs the whole window: compiled with a maximum length."""
+
+    forward: "LstmLayer | GruLayer"
+    backward: "LstmLayer | GruLayer"
+    merge: str = "concat"
+    name: str = "bidirectional"
+
+    def __post_init__(self):
+        f, b = self.forward, self.backward
+        if type(f) is not type(b) or f.input_size != b.input_size or f.hidden_size != b.hidden_size:
+            raise ModelFormatError(f"bidirectional layer '{self.name}': the two directions differ in kind or size")
+        if f.reverse or b.reverse:
+            raise ModelFormatError(f"bidirectional layer '{self.name}': directions must be given unreversed")
+        if self.merge not in ("concat", "sum"):
+            raise ModelFormatError(f"bidirectional layer '{self.name}': unknown merge mode {self.merge!r}")
+
+    @property
+    def input_size(self) -> int:
+        return self.forward.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the merged output."""
+        return self.forward.hidden_size * (2 if self.merge == "concat" else 1)
+
+    @property
+    def reverse(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
 class DenseLayer:
     """y = activation(w @ x + b); w [N, K], b [N]."""
 
@@ -171,8 +206,11 @@ class FloatModel:
     """A stack of recurrent layers (`lstm_layers` holds LstmLayer and GruLayer alike) followed by an
     optional dense head.
 
-    sequence_output: True when the model emits one output per time step; False when only the
-    last step's output is used (a classifier on the final state).
+    sequence_output: True when the model emits one output per time step; False when only one
+    step's output is used (a classifier on the final state).
+    last_step_from: with sequence_output False, "final_state" takes each direction's final state
+    (ONNX Y_h, PyTorch h_n, Keras return_sequences=False); "last_index" takes the output sequence
+    at index T-1 (PyTorch out[:, -1]). They differ only for reverse and bidirectional layers.
     final_softmax: "softmax" / "logsoftmax" when the graph ends in one; the compiled model
     outputs the logits before it (argmax is unchanged), the float reference applies it.
     """
@@ -181,6 +219,7 @@ class FloatModel:
     head: Tuple[DenseLayer, ...] = ()
     sequence_output: bool = True
     final_softmax: Optional[str] = None
+    last_step_from: str = "final_state"
     name: str = "model"
     source: str = ""
     notes: Tuple[str, ...] = field(default=())
@@ -191,6 +230,8 @@ class FloatModel:
         object.__setattr__(self, "notes", tuple(self.notes))
         if not self.lstm_layers:
             raise ModelFormatError("model has no LSTM layer")
+        if self.last_step_from not in ("final_state", "last_index"):
+            raise ModelFormatError(f"unknown last-step selection {self.last_step_from!r}")
         if self.final_softmax not in (None, "softmax", "logsoftmax"):
             raise ModelFormatError(f"unknown final activation {self.final_softmax!r}")
         width = self.lstm_layers[0].input_size
@@ -221,6 +262,8 @@ class FloatModel:
 
 def layer_arrays(layer) -> Tuple[np.ndarray, ...]:
     """The parameter arrays of a recurrent layer, whatever its kind."""
+    if isinstance(layer, BidirectionalLayer):
+        return layer_arrays(layer.forward) + layer_arrays(layer.backward)
     if isinstance(layer, GruLayer):
         return (layer.w_x, layer.w_h, layer.b_x, layer.b_h)
     return (layer.w_x, layer.w_h, layer.bias)

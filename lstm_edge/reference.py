@@ -12,7 +12,7 @@ from typing import List
 
 import numpy as np
 
-from .ir import Activation, DenseLayer, FloatModel, GruLayer, LstmLayer
+from .ir import Activation, BidirectionalLayer, DenseLayer, FloatModel, GruLayer, LstmLayer
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -89,8 +89,19 @@ def gru_layer_forward(layer: GruLayer, x: np.ndarray):
     return h_all, h_all
 
 
+def bidirectional_layer_forward(layer: BidirectionalLayer, x: np.ndarray):
+    """Merged outputs [N, T, 2H or H]; the cell states of both directions side by side [N, T, 2H]."""
+    h_fwd, c_fwd = recurrent_layer_forward(layer.forward, x)
+    h_bwd, c_bwd = recurrent_layer_forward(layer.backward, x[:, ::-1])
+    h_bwd, c_bwd = h_bwd[:, ::-1], c_bwd[:, ::-1]  # back in input time order
+    merged = np.concatenate([h_fwd, h_bwd], axis=-1) if layer.merge == "concat" else h_fwd + h_bwd
+    return merged, np.concatenate([c_fwd, c_bwd], axis=-1)
+
+
 def recurrent_layer_forward(layer, x: np.ndarray):
-    """(hidden sequence, cell-state sequence) of an LSTM or GRU layer."""
+    """(hidden sequence, cell-state sequence) of an LSTM, GRU or bidirectional layer."""
+    if isinstance(layer, BidirectionalLayer):
+        return bidirectional_layer_forward(layer, x)
     if isinstance(layer, GruLayer):
         return gru_layer_forward(layer, x)
     return lstm_layer_forward(layer, x)
@@ -102,9 +113,17 @@ def dense_forward(dense: DenseLayer, x: np.ndarray):
     return pre, _ACTIVATIONS[dense.activation](pre)
 
 
-def last_step(layer, h_all: np.ndarray) -> np.ndarray:
-    """The final state Y_h: the last step the layer processed (t=0 for a reverse layer)."""
-    return h_all[:, 0] if layer.reverse else h_all[:, -1]
+def last_step(layer, h_all: np.ndarray, last_step_from: str = "final_state") -> np.ndarray:
+    """The output a last-step model uses. "last_index": the sequence at t = T-1. "final_state"
+    (Y_h): the last step each direction processed (t=0 for a reverse layer or direction)."""
+    if last_step_from == "last_index" or not (layer.reverse or isinstance(layer, BidirectionalLayer)):
+        return h_all[:, -1]
+    if not isinstance(layer, BidirectionalLayer):
+        return h_all[:, 0]
+    if layer.merge == "sum":
+        raise ValueError("the final state of a sum-merged bidirectional layer is not defined")
+    width = layer.forward.hidden_size
+    return np.concatenate([h_all[:, -1, :width], h_all[:, 0, width:]], axis=-1)
 
 
 def forward(model: FloatModel, x: np.ndarray, trace: FloatTrace | None = None,
@@ -122,7 +141,7 @@ def forward(model: FloatModel, x: np.ndarray, trace: FloatTrace | None = None,
             trace.hidden.append(act)
             trace.cell.append(cell)
     if not model.sequence_output:
-        act = last_step(model.lstm_layers[-1], act)
+        act = last_step(model.lstm_layers[-1], act, model.last_step_from)
     for dense in model.head:
         pre, act = dense_forward(dense, act)
         if trace is not None:
