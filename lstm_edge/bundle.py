@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 from . import quantized_model as qm_io
 from .codegen import render
@@ -32,19 +32,27 @@ def _check_replaceable(out_dir: Path) -> None:
                             "choose another folder")
 
 
-def write_bundle(model: QuantizedModel, out_dir, float_model: Optional[FloatModel] = None) -> Path:
+def write_bundle(model: QuantizedModel, out_dir, float_model: Optional[FloatModel] = None,
+                 extra_files: Optional[Dict[str, bytes]] = None) -> Path:
     """Write everything into a temporary sibling folder, then swap it in place of out_dir.
 
+    `extra_files` maps plain file names to contents written alongside (e.g. NAME.tflite).
     An existing out_dir is replaced only if it is empty or was written by lstm-edge.
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
+    extra_files = dict(extra_files or {})
+    for fname in extra_files:
+        if Path(fname).name != fname or fname in ("", ".", ".."):
+            raise LstmEdgeError(f"extra output file name {fname!r} must be a plain file name")
     files = render(model)  # before touching the disk: a rendering error leaves nothing behind
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
     try:
         for fname, text in files.items():
             (tmp / fname).write_text(text)
+        for fname, data in extra_files.items():
+            (tmp / fname).write_bytes(data)
         qm_io.save(model, tmp / f"{model.name}{QMODEL_SUFFIX}")
         if float_model is not None:
             save_float_model(float_model, tmp / f"{model.name}{FLOAT_SUFFIX}")

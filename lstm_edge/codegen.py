@@ -13,13 +13,14 @@ import jinja2
 import numpy as np
 
 from . import __version__
-from .errors import LstmEdgeError
+from .errors import LstmEdgeError, QuantizationError
 from .naming import model_prefix
-from .quantized_model import QGruLayer, QuantizedModel, Requant
+from .quantized_model import QBidirectionalLayer, QGruLayer, QuantizedModel, Requant
 
 KERNELS_COMMON = ("fixedpoint.c", "sigmoid_tanh.c")
 KERNEL_LSTM = "lstm_layer.c"
 KERNEL_GRU = "gru_layer.c"
+KERNEL_DOT = "dot_s8.c"  # row-major int8 dot product of the GRU and dense kernels
 KERNEL_DENSE = "fully_connected.c"
 KERNEL_TABLE = "lookup_s8.c"
 
@@ -71,7 +72,8 @@ def c_float(v: float) -> str:
 # ---------------------------------------------------------------------------- context
 
 def _gate_arrays(k: int, layer) -> List[dict]:
-    """The four const arrays every recurrent layer has (its gate matrices and folded biases)."""
+    """A GRU layer's four const arrays: its gate matrices (row-major) and folded biases. (An LSTM layer's
+    are in the kernel's own layout: _lstm_arrays.)"""
     return [
         dict(ctype="int8_t", name=f"layer{k}_input_weights", length=layer.input_weights.size,
              data=c_array(layer.input_weights, 16)),
@@ -84,6 +86,36 @@ def _gate_arrays(k: int, layer) -> List[dict]:
     ]
 
 
+def lstm_unit_blocks(weights: np.ndarray) -> np.ndarray:
+    """LSTM gate matrices [4, H, K] int8 -> [H, ceil(K/4), 4, 4] uint8, the layout lstm_layer.c reads: per
+    unit, per block of 4 columns, per gate, 4 weights plus 128 (columns padded with weight 0)."""
+    gates, units, columns = weights.shape
+    padded = np.zeros((gates, units, -(-columns // 4) * 4), dtype=np.int16)
+    padded[:, :, :columns] = weights
+    return (padded + 128).astype(np.uint8).reshape(gates, units, -1, 4).transpose(1, 2, 0, 3)
+
+
+def check_lstm_offset_bounds(layer) -> None:
+    """lstm_layer.c sums (W + 128) v from B - 128 sum(v): every partial sum must fit in int32."""
+    for what, bias, columns in (("input", layer.input_bias, layer.input_size),
+                                ("recurrent", layer.recurrent_bias, layer.hidden_size)):
+        worst = int(np.abs(bias.astype(np.int64)).max()) + (128 + 255) * 128 * columns
+        if worst > np.iinfo(np.int32).max:
+            raise QuantizationError(f"LSTM layer '{layer.name}': {columns} {what} columns are too many for the "
+                                    f"int32 accumulators of the C kernel (bound {worst})")
+
+
+def _lstm_arrays(k, layer) -> List[dict]:
+    """An LSTM layer's weights in lstm_unit_blocks layout and its biases unit by unit ([H][4])."""
+    check_lstm_offset_bounds(layer)
+    arrays = [dict(ctype="uint8_t", name=f"layer{k}_{kind}_weights", length=blocks.size, data=c_array(blocks, 16),
+                   attribute=" LSTM_WEIGHTS_ALIGNED")
+              for kind, blocks in (("input", lstm_unit_blocks(layer.input_weights)),
+                                   ("recurrent", lstm_unit_blocks(layer.recurrent_weights)))]
+    return arrays + [dict(ctype="int32_t", name=f"layer{k}_{kind}_bias", length=bias.size, data=c_array(bias.T, 8))
+                     for kind, bias in (("input", layer.input_bias), ("recurrent", layer.recurrent_bias))]
+
+
 def _gate_fields(k: int, layer) -> List[str]:
     return [
         f"input_size = {layer.input_size}", f"hidden_size = {layer.hidden_size}",
@@ -94,15 +126,16 @@ def _gate_fields(k: int, layer) -> List[str]:
     ]
 
 
-def _layer_context(k: int, layer, source: str) -> dict:
-    """Data, designated initialisers, state fields and the step call of recurrent layer k."""
+def _layer_context(k, layer, source: str) -> dict:
+    """Data, designated initialisers, state fields and the step call of recurrent layer k
+    (k may carry a direction suffix: "0f", "0b")."""
     q = f"input scale {layer.input_q.scale:.9g} zp {layer.input_q.zero_point}, hidden scale " \
         f"{layer.hidden_q.scale:.9g} zp {layer.hidden_q.zero_point}"
     hidden = dict(ctype="int8_t", name=f"hidden_{k}", size=layer.hidden_size, reset=layer.hidden_q.zero_point)
     if isinstance(layer, QGruLayer):
         variant = "n = tanh(Wx + r (.) (Rh + Rb))" if layer.linear_before_reset else "n = tanh(Wx + R (r (.) h))"
         return dict(
-            hidden_size=layer.hidden_size,
+            tag=str(k), hidden_size=layer.hidden_size,
             comment=f"GRU layer {k} '{layer.name}': {layer.input_size} -> {layer.hidden_size} units, {q}.\n"
                     f" * Gates: update, reset, new; {variant}.",
             arrays=_gate_arrays(k, layer), params_type="gru_layer_params_t",
@@ -114,10 +147,10 @@ def _layer_context(k: int, layer, source: str) -> dict:
             state=[hidden],
             step=f"gru_layer_step(&layer{k}_params, {source}, s->hidden_{k}, gru_update, gru_reset_hidden, h_next)")
     return dict(
-        hidden_size=layer.hidden_size,
+        tag=str(k), hidden_size=layer.hidden_size,
         comment=f"LSTM layer {k} '{layer.name}': {layer.input_size} -> {layer.hidden_size} units, {q},\n"
                 f" * cell scale 2^{layer.cell_scale_power}. Gates: input, forget, cell, output.",
-        arrays=_gate_arrays(k, layer), params_type="lstm_layer_params_t",
+        arrays=_lstm_arrays(k, layer), params_type="lstm_layer_params_t",
         fields=_gate_fields(k, layer) + [
             f"forget_cell_requant = {c_requant(layer.forget_cell_requant)}",
             f"input_cell_requant = {c_requant(layer.input_cell_requant)}",
@@ -140,6 +173,55 @@ def _dense_context(dense) -> dict:
         table_zero_point=dense.table_q.zero_point if dense.table_q else 0)
 
 
+def _recurrent_contexts(model: QuantizedModel) -> List[dict]:
+    """One context per unidirectional layer; a bidirectional layer k gives "kf" and "kb"."""
+    contexts = []
+    for k, layer in enumerate(model.lstm_layers):
+        source = "in" if k == 0 else f"s->hidden_{k - 1}"
+        if isinstance(layer, QBidirectionalLayer):
+            contexts += [_layer_context(f"{k}f", layer.forward, source), _layer_context(f"{k}b", layer.backward, source)]
+        else:
+            contexts.append(_layer_context(k, layer, source))
+    return contexts
+
+
+def _direction_loop(step_call: str, hidden: str, width: int, dst: str, out_width: int, offset: int,
+                    reverse: bool) -> List[str]:
+    loop = "for (t = steps - 1; t >= 0; --t) {" if reverse else "for (t = 0; t < steps; ++t) {"
+    return [loop, f"    {step_call};", f"    for (j = 0; j < {width}; ++j) {{",
+            f"        {dst}[t * {out_width} + {offset} + j] = {hidden}[j];", "    }", "}"]
+
+
+def window_run_body(model: QuantizedModel, name: str) -> List[str]:
+    """C statements of NAME_run for a window model: every layer over the whole window (directions
+    in turn), its per-step outputs into one of two window buffers in the state, then the head."""
+    lines: List[str] = []
+    src, src_width = "in", model.input_size
+    buffers = ("s->window_a", "s->window_b")
+    for k, layer in enumerate(model.lstm_layers):
+        dst, width = buffers[k % 2], layer.hidden_size
+        lines.append(f"/* layer {k}: {src} -> {dst} */")
+        directions = [(f"{k}f", layer.forward, 0, False), (f"{k}b", layer.backward, layer.forward.hidden_size, True)] \
+            if isinstance(layer, QBidirectionalLayer) else [(k, layer, 0, False)]
+        for tag, part, offset, reverse in directions:
+            ctx = _layer_context(tag, part, f"{src} + t * {src_width}")
+            lines += _direction_loop(ctx["step"], f"s->hidden_{tag}", part.hidden_size, dst, width, offset, reverse)
+        src, src_width = dst, width
+    last = model.lstm_layers[-1]
+    if model.sequence_output:
+        lines += ["for (t = 0; t < steps; ++t) {",
+                  f"    {name}_head({src} + t * {src_width}, out + t * {model.output_size});", "}"]
+    elif model.last_step_from == "last_index":
+        lines.append(f"{name}_head({src} + (steps - 1) * {src_width}, out);")
+    elif isinstance(last, QBidirectionalLayer):  # final states: forward after t = T-1, backward after t = 0
+        k, half = len(model.lstm_layers) - 1, last.forward.hidden_size
+        lines += [f"for (j = 0; j < {half}; ++j) {{", f"    final_state[j] = s->hidden_{k}f[j];",
+                  f"    final_state[{half} + j] = s->hidden_{k}b[j];", "}", f"{name}_head(final_state, out);"]
+    else:
+        lines.append(f"{name}_head(s->hidden_{len(model.lstm_layers) - 1}, out);")
+    return lines
+
+
 def head_call_sequence(model: QuantizedModel):
     """C statements of the head, reading `h` and writing `out`, through at most two scratch buffers."""
     calls: List[str] = []
@@ -159,19 +241,29 @@ def head_call_sequence(model: QuantizedModel):
     return calls, sorted(buffers)
 
 
+def layer_label(layer) -> str:
+    """LSTM(32), GRU(16), BiLSTM(12+12)."""
+    if isinstance(layer, QBidirectionalLayer):
+        return f"Bi{layer_label(layer.forward).split('(')[0]}({layer.forward.hidden_size}+{layer.backward.hidden_size})"
+    return f"{'GRU' if isinstance(layer, QGruLayer) else 'LSTM'}({layer.hidden_size})"
+
+
 def summary(model: QuantizedModel) -> str:
-    sizes = " -> ".join([str(model.input_size)] + [f"LSTM({l.hidden_size})" for l in model.lstm_layers]
+    sizes = " -> ".join([str(model.input_size)] + [layer_label(l) for l in model.lstm_layers]
                         + [f"Dense({d.output_size}{'' if d.activation.value == 'none' else ', ' + d.activation.value})"
                            for d in model.head])
-    return f"{sizes}; {'output every step' if model.sequence_output else 'output at the last step'}."
+    window = "" if model.streaming else f"; windows of up to {model.max_steps} steps"
+    return f"{sizes}; {'output every step' if model.sequence_output else 'output at the last step'}{window}."
 
 
 def render(model: QuantizedModel) -> Dict[str, str]:
     """{file name: text} of the generated C."""
     name = model_prefix(model.name)
     kernels = list(KERNELS_COMMON)
-    grus = [l for l in model.lstm_layers if isinstance(l, QGruLayer)]
-    if len(grus) < len(model.lstm_layers):
+    grus = [l for l in model.unidirectional_layers if isinstance(l, QGruLayer)]
+    if grus or model.head:
+        kernels.append(KERNEL_DOT)
+    if len(grus) < len(model.unidirectional_layers):
         kernels.append(KERNEL_LSTM)
     if grus:
         kernels.append(KERNEL_GRU)
@@ -189,10 +281,13 @@ def render(model: QuantizedModel) -> Dict[str, str]:
         input_scale=c_float(model.input_q.scale), input_zero_point=model.input_q.zero_point,
         output_scale=c_float(model.output_q.scale), output_zero_point=model.output_q.zero_point,
         state_bytes=model.state_bytes, kernels=kernels,
-        layers=[_layer_context(k, l, "in" if k == 0 else f"s->hidden_{k - 1}")
-                for k, l in enumerate(model.lstm_layers)],
+        layers=_recurrent_contexts(model), streaming=model.streaming, max_steps=model.max_steps,
+        window_width=max(l.hidden_size for l in model.lstm_layers),
+        window_run=[] if model.streaming else window_run_body(model, name),
+        final_width=model.lstm_layers[-1].hidden_size, last_step_from=model.last_step_from,
+        final_bidirectional=isinstance(model.lstm_layers[-1], QBidirectionalLayer),
         head=[_dense_context(d) for d in model.head], head_calls=calls, head_buffers=buffers,
-        max_hidden=max(l.hidden_size for l in model.lstm_layers),
+        max_hidden=max(l.hidden_size for l in model.unidirectional_layers),
         max_gru_hidden=max([l.hidden_size for l in grus], default=0),
         max_width=max([d.output_size for d in model.head], default=1))
     env = environment()

@@ -11,25 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelFormatError
-from .ir import DenseLayer, FloatModel, GruLayer, LstmLayer
+from .ir import BidirectionalLayer, DenseLayer, FloatModel, GruLayer, LstmLayer
 
 
 def save_float_model(model: FloatModel, path) -> None:
     arrays = {}
-    for k, l in enumerate(model.lstm_layers):
-        if isinstance(l, GruLayer):
-            arrays.update({f"layer{k}_w_x": l.w_x, f"layer{k}_w_h": l.w_h, f"layer{k}_b_x": l.b_x,
-                           f"layer{k}_b_h": l.b_h})
-        else:
-            arrays.update({f"layer{k}_w_x": l.w_x, f"layer{k}_w_h": l.w_h, f"layer{k}_bias": l.bias})
+    layer_meta = [_save_layer(l, f"layer{k}", arrays) for k, l in enumerate(model.lstm_layers)]
     for k, d in enumerate(model.head):
         arrays.update({f"dense{k}_w": d.w, f"dense{k}_b": d.b})
     meta = {
         "name": model.name, "source": model.source, "sequence_output": model.sequence_output,
         "final_softmax": model.final_softmax, "notes": list(model.notes),
-        "lstm_layers": [{"name": l.name, "reverse": l.reverse, "kind": "gru" if isinstance(l, GruLayer) else "lstm",
-                         "linear_before_reset": bool(getattr(l, "linear_before_reset", False))}
-                        for l in model.lstm_layers],
+        "lstm_layers": layer_meta, "last_step_from": model.last_step_from,
         "head": [{"name": d.name, "activation": d.activation.value} for d in model.head],
     }
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
@@ -49,19 +42,37 @@ def load_float_model(path) -> FloatModel:
     try:
         with np.load(Path(path), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            layers = [_layer_from(z, k, m) for k, m in enumerate(meta["lstm_layers"])]
+            layers = [_load_layer(z, f"layer{k}", m) for k, m in enumerate(meta["lstm_layers"])]
             head = [DenseLayer(z[f"dense{k}_w"], z[f"dense{k}_b"], m["activation"], name=m["name"])
                     for k, m in enumerate(meta["head"])]
     except (OSError, KeyError, ValueError) as exc:
         raise ModelFormatError(f"{path}: not a readable float model ({exc})")
     return FloatModel(tuple(layers), tuple(head), sequence_output=meta["sequence_output"],
                       final_softmax=meta["final_softmax"], name=meta["name"], source=meta["source"],
+                      last_step_from=meta.get("last_step_from", "final_state"),
                       notes=tuple(meta["notes"]))
 
 
-def _layer_from(z, k: int, meta: dict):
-    if meta.get("kind") == "gru":
-        return GruLayer(z[f"layer{k}_w_x"], z[f"layer{k}_w_h"], z[f"layer{k}_b_x"], z[f"layer{k}_b_h"],
+def _save_layer(layer, key: str, arrays: dict) -> dict:
+    """Put a layer's arrays under `key`; return its metadata."""
+    if isinstance(layer, BidirectionalLayer):
+        return {"kind": "bidirectional", "name": layer.name, "merge": layer.merge,
+                "forward": _save_layer(layer.forward, key + "f", arrays),
+                "backward": _save_layer(layer.backward, key + "b", arrays)}
+    arrays.update({f"{key}_w_x": layer.w_x, f"{key}_w_h": layer.w_h})
+    meta = {"name": layer.name, "reverse": layer.reverse}
+    if isinstance(layer, GruLayer):
+        arrays.update({f"{key}_b_x": layer.b_x, f"{key}_b_h": layer.b_h})
+        return dict(meta, kind="gru", linear_before_reset=bool(layer.linear_before_reset))
+    arrays[f"{key}_bias"] = layer.bias
+    return dict(meta, kind="lstm")
+
+
+def _load_layer(z, key: str, meta: dict):
+    if meta["kind"] == "bidirectional":
+        return BidirectionalLayer(_load_layer(z, key + "f", meta["forward"]), _load_layer(z, key + "b", meta["backward"]),
+                                  merge=meta["merge"], name=meta["name"])
+    if meta["kind"] == "gru":
+        return GruLayer(z[f"{key}_w_x"], z[f"{key}_w_h"], z[f"{key}_b_x"], z[f"{key}_b_h"],
                         linear_before_reset=meta["linear_before_reset"], reverse=meta["reverse"], name=meta["name"])
-    return LstmLayer(z[f"layer{k}_w_x"], z[f"layer{k}_w_h"], z[f"layer{k}_bias"], reverse=meta["reverse"],
-                     name=meta["name"])
+    return LstmLayer(z[f"{key}_w_x"], z[f"{key}_w_h"], z[f"{key}_bias"], reverse=meta["reverse"], name=meta["name"])

@@ -33,7 +33,8 @@ def _run(cmd, what: str, **kwargs) -> subprocess.CompletedProcess:
         raise ToolchainError(f"{what}: cannot run {cmd[0]} ({exc})")
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()
-        first = next((line for line in detail if "error" in line), detail[0] if detail else "")
+        first = next((line for line in detail if "error" in line and "returned 1 exit status" not in line
+                      or "overflowed" in line), detail[0] if detail else "")
         raise ToolchainError(f"{what} failed (exit {result.returncode}): {first}")
     return result
 

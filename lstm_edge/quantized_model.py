@@ -143,6 +143,41 @@ class QGruLayer:
 
 
 @dataclass(frozen=True)
+class QBidirectionalLayer:
+    """Two integer layers of one kind over the same window, sharing input and hidden quantization so
+    their outputs concatenate into one int8 vector per step: [forward, backward]."""
+
+    name: str
+    forward: "QLstmLayer | QGruLayer"
+    backward: "QLstmLayer | QGruLayer"
+
+    @property
+    def input_q(self) -> QuantParams:
+        return self.forward.input_q
+
+    @property
+    def hidden_q(self) -> QuantParams:
+        return self.forward.hidden_q
+
+    @property
+    def input_size(self) -> int:
+        return self.forward.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the concatenated output."""
+        return 2 * self.forward.hidden_size
+
+    @property
+    def state_bytes(self) -> int:
+        return self.forward.state_bytes + self.backward.state_bytes
+
+    @property
+    def directions(self):
+        return (self.forward, self.backward)
+
+
+@dataclass(frozen=True)
 class QDenseLayer:
     name: str
     weights: np.ndarray        # int8 [N, K]
@@ -180,11 +215,23 @@ class QDenseLayer:
 @dataclass(frozen=True)
 class QuantizedModel:
     name: str                       # C prefix
-    lstm_layers: Tuple["QLstmLayer | QGruLayer", ...]  # the recurrent layers, LSTM or GRU
+    lstm_layers: Tuple["QLstmLayer | QGruLayer | QBidirectionalLayer", ...]  # the recurrent layers
     head: Tuple[QDenseLayer, ...]
     sequence_output: bool
     final_softmax: Optional[str] = None
     source: str = ""
+    last_step_from: str = "final_state"  # see ir.FloatModel
+    max_steps: int = 0  # window length of models with bidirectional layers; 0: streaming
+
+    @property
+    def unidirectional_layers(self):
+        """Every LSTM / GRU layer, a bidirectional layer counting as its two directions."""
+        return tuple(d for l in self.lstm_layers for d in getattr(l, "directions", (l,)))
+
+    @property
+    def streaming(self) -> bool:
+        """True when every layer runs step by step (NAME_step exists); False for window models."""
+        return not any(isinstance(l, QBidirectionalLayer) for l in self.lstm_layers)
 
     def __post_init__(self):
         object.__setattr__(self, "lstm_layers", tuple(self.lstm_layers))
@@ -214,7 +261,7 @@ class QuantizedModel:
     @property
     def weight_bytes(self) -> int:
         n = sum(l.input_weights.size + l.recurrent_weights.size + 4 * (l.input_bias.size + l.recurrent_bias.size)
-                for l in self.lstm_layers)  # same arrays for LSTM and GRU layers
+                for l in self.unidirectional_layers)  # same arrays for LSTM and GRU layers
         return n + sum(d.weights.size + 4 * d.bias.size + 8 * d.output_size
                        + (256 if d.table is not None else 0) for d in self.head)
 
@@ -253,6 +300,9 @@ def _gru_to_dict(l: QGruLayer) -> dict:
 
 
 def _layer_to_dict(l) -> dict:
+    if isinstance(l, QBidirectionalLayer):
+        return {"kind": "bidirectional", "name": l.name, "forward": _layer_to_dict(l.forward),
+                "backward": _layer_to_dict(l.backward)}
     if isinstance(l, QGruLayer):
         return _gru_to_dict(l)
     return {
@@ -296,6 +346,8 @@ def to_dict(model: QuantizedModel) -> dict:
         "source": model.source,
         "sequence_output": bool(model.sequence_output),
         "final_softmax": model.final_softmax,
+        "last_step_from": model.last_step_from,
+        "max_steps": int(model.max_steps),
         "lstm_layers": layers,
         "head": head,
     }
@@ -337,7 +389,12 @@ def from_dict(d: dict) -> QuantizedModel:
             cell_scale_power=int(l["cell_scale_power"]),
             cell_clip=int(l["cell_clip"]))
 
-    layers = tuple(gru(l) if l.get("kind") == "gru" else lstm(l) for l in d["lstm_layers"])
+    def layer(l):
+        if l.get("kind") == "bidirectional":
+            return QBidirectionalLayer(name=l["name"], forward=layer(l["forward"]), backward=layer(l["backward"]))
+        return gru(l) if l.get("kind") == "gru" else lstm(l)
+
+    layers = tuple(layer(l) for l in d["lstm_layers"])
     head = tuple(QDenseLayer(
         name=h["name"],
         weights=np.array(h["weights"]),
@@ -353,7 +410,8 @@ def from_dict(d: dict) -> QuantizedModel:
     ) for h in d["head"])
     return QuantizedModel(name=d["name"], lstm_layers=layers, head=head,
                           sequence_output=bool(d["sequence_output"]),
-                          final_softmax=d.get("final_softmax"), source=d.get("source", ""))
+                          final_softmax=d.get("final_softmax"), source=d.get("source", ""),
+                          last_step_from=d.get("last_step_from", "final_state"), max_steps=int(d.get("max_steps", 0)))
 
 
 def save(model: QuantizedModel, path: Path) -> None:

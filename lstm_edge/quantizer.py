@@ -17,8 +17,8 @@ from .calibration import CalibrationRanges, Range, needs_pre_activation_range
 from .errors import QuantizationError
 from .fixedpoint import INT32_MAX, effective_scale
 from .int8_activations import TABLE_OUTPUT_Q, tflm_int8_table
-from .ir import Activation, DenseLayer, FloatModel, GruLayer, LstmLayer
-from .quantized_model import QDenseLayer, QGruLayer, QLstmLayer, QuantizedModel, QuantParams, Requant, round_half_away
+from .ir import Activation, BidirectionalLayer, DenseLayer, FloatModel, GruLayer, LstmLayer
+from .quantized_model import QBidirectionalLayer, QDenseLayer, QGruLayer, QLstmLayer, QuantizedModel, QuantParams, Requant, round_half_away
 
 GATE_INPUT_SCALE = 2.0 ** -12   # gate pre-activations: int16 Q3.12
 GATE_OUTPUT_SCALE = 2.0 ** -15  # gate outputs: int16 Q0.15
@@ -189,7 +189,24 @@ def quantize_dense_layer(dense: DenseLayer, input_q: QuantParams, pre_range: Ran
                        table=table, table_q=table_q)
 
 
-def quantize(model: FloatModel, ranges: CalibrationRanges, name: str) -> QuantizedModel:
+def quantize_recurrent_layer(layer, input_q: QuantParams, h_range: Range, c_range: Range):
+    if isinstance(layer, BidirectionalLayer):
+        if layer.merge != "concat":
+            raise QuantizationError(f"bidirectional layer '{layer.name}': merge mode '{layer.merge}' is not "
+                                    "supported yet in the integer path (concat is)")
+        # One hidden (and cell) quantization for both directions, from the merged range, so the
+        # concatenated int8 output has a single scale and zero point for the next layer.
+        return QBidirectionalLayer(name=layer.name,
+                                   forward=quantize_recurrent_layer(layer.forward, input_q, h_range, c_range),
+                                   backward=quantize_recurrent_layer(layer.backward, input_q, h_range, c_range))
+    if isinstance(layer, GruLayer):
+        return quantize_gru_layer(layer, input_q, h_range)
+    return quantize_lstm_layer(layer, input_q, h_range, c_range)
+
+
+def quantize(model: FloatModel, ranges: CalibrationRanges, name: str, max_steps: int = 0) -> QuantizedModel:
+    """All integers of the compiled model. `max_steps` sizes the window of models with
+    bidirectional layers (required for them, ignored otherwise)."""
     if (len(ranges.hidden), len(ranges.cell), len(ranges.dense_pre), len(ranges.dense_out)) != (
             len(model.lstm_layers), len(model.lstm_layers), len(model.head), len(model.head)):
         raise QuantizationError(f"calibration ranges are for {len(ranges.hidden)} LSTM and "
@@ -197,16 +214,16 @@ def quantize(model: FloatModel, ranges: CalibrationRanges, name: str) -> Quantiz
                                 f"and {len(model.head)}: calibrate this model")
     for layer in model.lstm_layers:
         if layer.reverse:
-            raise QuantizationError(f"layer '{layer.name}' runs in reverse direction: the streaming C API "
-                                    "processes steps in order; reverse and bidirectional layers are not "
-                                    "supported yet")
+            raise QuantizationError(f"layer '{layer.name}' runs in reverse direction only: not supported yet "
+                                    "(bidirectional layers are)")
+    windowed = any(isinstance(l, BidirectionalLayer) for l in model.lstm_layers)
+    if windowed and max_steps <= 0:
+        raise QuantizationError("the model has bidirectional layers, which need the whole sequence: give its "
+                                "maximum length (--max-steps N)")
     act_q = asymmetric_int8(ranges.input)
     lstm_layers = []
     for layer, h_range, c_range in zip(model.lstm_layers, ranges.hidden, ranges.cell):
-        if isinstance(layer, GruLayer):
-            qlayer = quantize_gru_layer(layer, act_q, h_range)
-        else:
-            qlayer = quantize_lstm_layer(layer, act_q, h_range, c_range)
+        qlayer = quantize_recurrent_layer(layer, act_q, h_range, c_range)
         lstm_layers.append(qlayer)
         act_q = qlayer.hidden_q
     head = []
@@ -216,4 +233,5 @@ def quantize(model: FloatModel, ranges: CalibrationRanges, name: str) -> Quantiz
         act_q = qdense.result_q
     return QuantizedModel(name=name, lstm_layers=tuple(lstm_layers), head=tuple(head),
                           sequence_output=model.sequence_output, final_softmax=model.final_softmax,
-                          source=model.source)
+                          source=model.source, last_step_from=model.last_step_from,
+                          max_steps=max_steps if windowed else 0)

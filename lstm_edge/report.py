@@ -5,14 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bundle import load_bundle_quantized
-from .codegen import summary
-from .ir import FloatModel
+from .codegen import layer_label, summary
+from .ir import BidirectionalLayer, FloatModel, GruLayer, layer_arrays
+
+
+def _directions(layer):
+    return (layer.forward, layer.backward) if isinstance(layer, BidirectionalLayer) else (layer,)
 
 
 def _int8_bytes(model: FloatModel) -> int:
-    """Flash for weights and biases once quantized: int8 weights, int32 biases (two per LSTM gate
-    row: input and recurrent, zero points folded in), one multiplier per dense output."""
-    n = sum(l.w_x.size + l.w_h.size + 8 * l.bias.size for l in model.lstm_layers)
+    """Flash for weights and biases once quantized: int8 weights, int32 biases (two per gate row:
+    input and recurrent, zero points folded in), one multiplier per dense output."""
+    n = sum(d.w_x.size + d.w_h.size + 8 * d.w_x.shape[0] * d.hidden_size
+            for l in model.lstm_layers for d in _directions(l))
     return n + sum(d.w.size + 4 * d.b.size + 8 * d.output_size + (256 if d.activation.value in ("tanh", "sigmoid")
                                                                  else 0) for d in model.head)
 
@@ -21,16 +26,19 @@ def describe_float(model: FloatModel) -> str:
     lines = [f"model {model.name} ({Path(model.source).name if model.source else 'in memory'})",
              f"  input: {model.input_size} features per step, batch-first [N, T, {model.input_size}]"]
     for k, l in enumerate(model.lstm_layers):
+        kind = "GRU" if isinstance(_directions(l)[0], GruLayer) else "LSTM"
+        kind = f"bidirectional {kind} ({l.merge})" if isinstance(l, BidirectionalLayer) else kind
         direction = " reverse" if l.reverse else ""
-        lines.append(f"  layer {k} LSTM{direction} '{l.name}': {l.input_size} -> {l.hidden_size} "
-                     f"({l.w_x.size + l.w_h.size + l.bias.size} parameters)")
+        lines.append(f"  layer {k} {kind}{direction} '{l.name}': {l.input_size} -> {l.hidden_size} "
+                     f"({sum(a.size for a in layer_arrays(l))} parameters)")
     for k, d in enumerate(model.head):
         lines.append(f"  dense {k} '{d.name}': {d.input_size} -> {d.output_size}, activation {d.activation.value}"
                      f" ({d.w.size + d.b.size} parameters)")
     if model.final_softmax:
         lines.append(f"  final {model.final_softmax} (compiled model outputs the logits before it)")
     lines.append(f"  output: {model.output_size} values {'every step' if model.sequence_output else 'at the last step'}")
-    state = sum(3 * l.hidden_size for l in model.lstm_layers)
+    state = sum((1 if isinstance(d, GruLayer) else 3) * d.hidden_size  # int8 h (+ int16 c for an LSTM)
+                for l in model.lstm_layers for d in _directions(l))
     lines.append(f"  parameters: {model.parameter_count}; int8 weight bytes: {_int8_bytes(model)}; "
                  f"state bytes per instance: {state}")
     lines.extend(f"  note: {n}" for n in model.notes)
@@ -43,20 +51,29 @@ def describe_compiled(out_dir) -> str:
              f"  input scale {q.input_q.scale:.6g} zero point {q.input_q.zero_point}; "
              f"output scale {q.output_q.scale:.6g} zero point {q.output_q.zero_point}"]
     for k, l in enumerate(q.lstm_layers):
-        lines.append(f"  layer {k} '{l.name}': {l.input_size} -> {l.hidden_size}, hidden scale "
-                     f"{l.hidden_q.scale:.6g} zp {l.hidden_q.zero_point}, cell scale 2^{l.cell_scale_power}")
+        cell = getattr(getattr(l, "forward", l), "cell_scale_power", None)
+        lines.append(f"  layer {k} {layer_label(l)} '{l.name}': {l.input_size} -> {l.hidden_size}, hidden scale "
+                     f"{l.hidden_q.scale:.6g} zp {l.hidden_q.zero_point}"
+                     + (f", cell scale 2^{cell}" if cell is not None else ""))
     for k, d in enumerate(q.head):
         lines.append(f"  dense {k} '{d.name}': {d.input_size} -> {d.output_size}, {d.activation.value}")
     lines.append(f"  weight bytes {q.weight_bytes}; state bytes per instance {q.state_bytes}")
+    from .footprint import format_footprint, load_footprint
+    fp = load_footprint(out_dir)
+    if fp is not None:
+        lines.extend("  " + line for line in format_footprint(fp).splitlines())
     return "\n".join(lines)
 
 
 def format_verify_report(report) -> str:
     status = "OK" if report.ok else "MISMATCH"
     lines = [f"{status}: C == simulator on {report.sequences} sequences x {report.steps} steps "
-             f"(builds: {', '.join(report.builds)}; run() and step() both checked)" if report.ok else
+             f"(builds: {', '.join(report.builds)}; {report.checked})" if report.ok else
              f"{status}: C != simulator ({report.sequences} sequences x {report.steps} steps)"]
     lines.extend(f"  {m}" for m in report.mismatches)
+    for label, (run_bytes, step_bytes) in report.stack_bytes.items():
+        lines.append(f"  stack used on {label}: run() {run_bytes} B"
+                     + ("" if step_bytes is None else f", step() {step_bytes} B"))
     a = report.accuracy
     if a is not None:
         lines.append(f"int8 vs float: max abs error {a.max_abs_error:.4g}, RMSE {a.rmse:.4g} "

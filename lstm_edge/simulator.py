@@ -15,7 +15,7 @@ import numpy as np
 from .errors import InputDataError
 from .fixedpoint import (multiply_by_quantized_multiplier, saturate_int16, saturate_int8, sigmoid_q15,
                          tanh_q15)
-from .quantized_model import QDenseLayer, QGruLayer, QLstmLayer, QuantizedModel
+from .quantized_model import QBidirectionalLayer, QDenseLayer, QGruLayer, QLstmLayer, QuantizedModel
 
 GATE_INPUT, GATE_FORGET, GATE_CELL, GATE_OUTPUT = range(4)
 
@@ -159,21 +159,58 @@ class SimState:
 
 def reset(model: QuantizedModel, batch: int) -> SimState:
     """h = zp_h (a real zero), c = 0, as NAME_reset."""
-    return SimState(
-        hidden=[np.full((batch, l.hidden_size), l.hidden_q.zero_point, dtype=np.int64) for l in model.lstm_layers],
-        cell=[np.zeros((batch, l.hidden_size), dtype=np.int64) for l in model.lstm_layers])
+    states = [_initial_state(l, batch) for l in model.lstm_layers]
+    return SimState(hidden=[h for h, _ in states], cell=[c for _, c in states])
+
+
+def _layer_step(layer, x, h, c, trace=None):
+    """One step of an LSTM or GRU layer: (h_new, c_new); a GRU has no cell state (None)."""
+    if isinstance(layer, QGruLayer):
+        return gru_layer_step(layer, x, h, trace), None
+    return lstm_layer_step(layer, x, h, c, trace)
 
 
 def _layers_step(model: QuantizedModel, state: SimState, x_t: np.ndarray, traces=None) -> np.ndarray:
     act = x_t
     for k, layer in enumerate(model.lstm_layers):
         trace = traces[k] if traces is not None else None
-        if isinstance(layer, QGruLayer):
-            state.hidden[k] = gru_layer_step(layer, act, state.hidden[k], trace)
-        else:
-            state.hidden[k], state.cell[k] = lstm_layer_step(layer, act, state.hidden[k], state.cell[k], trace)
+        state.hidden[k], state.cell[k] = _layer_step(layer, act, state.hidden[k], state.cell[k], trace)
         act = state.hidden[k]
     return act
+
+
+# ------------------------------------------------------------------------- window models (bidirectional)
+
+def _initial_state(layer, batch: int):
+    return (np.full((batch, layer.hidden_size), layer.hidden_q.zero_point, dtype=np.int64),
+            np.zeros((batch, layer.hidden_size), dtype=np.int64))
+
+
+def _layer_over_window(layer, x: np.ndarray, reverse: bool = False):
+    """Run one direction over x [N, T, I]: outputs [N, T, H] in input time order, and the final h."""
+    h, c = _initial_state(layer, x.shape[0])
+    out = np.zeros((x.shape[0], x.shape[1], layer.hidden_size), dtype=np.int64)
+    for t in (range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])):
+        h, c = _layer_step(layer, x[:, t, :], h, c)
+        out[:, t] = h
+    return out, h
+
+
+def run_window(model: QuantizedModel, x_q: np.ndarray) -> np.ndarray:
+    """As NAME_run of a window model: layer by layer over the whole sequence, from the initial state."""
+    act = np.asarray(x_q, dtype=np.int64)
+    final = None
+    for layer in model.lstm_layers:
+        if isinstance(layer, QBidirectionalLayer):
+            fwd, fwd_final = _layer_over_window(layer.forward, act)
+            bwd, bwd_final = _layer_over_window(layer.backward, act, reverse=True)
+            act, final = np.concatenate([fwd, bwd], axis=-1), np.concatenate([fwd_final, bwd_final], axis=-1)
+        else:
+            act, final = _layer_over_window(layer, act)
+    if model.sequence_output:
+        return np.stack([head_forward(model, act[:, t]) for t in range(act.shape[1])], axis=1).astype(np.int8)
+    chosen = final if model.last_step_from == "final_state" else act[:, -1]
+    return head_forward(model, chosen).astype(np.int8)
 
 
 def step(model: QuantizedModel, state: SimState, x_t: np.ndarray) -> np.ndarray:
@@ -201,6 +238,13 @@ def simulate(model: QuantizedModel, x_q: np.ndarray, trace: bool = False):
     if x_q.ndim != 3 or x_q.shape[2] != model.input_size or x_q.dtype != np.int8:
         raise InputDataError(f"simulator input must be int8 [N, T, {model.input_size}], got "
                              f"{x_q.dtype} {tuple(x_q.shape)}")
+    if not model.streaming:
+        if trace:
+            raise InputDataError("--trace is available for streaming models only (not bidirectional ones)")
+        if x_q.shape[1] > model.max_steps:
+            raise InputDataError(f"sequences of {x_q.shape[1]} steps exceed the model's window of "
+                                 f"{model.max_steps} (--max-steps at compile time)")
+        return run_window(model, x_q)
     traces = [[] for _ in model.lstm_layers] if trace else None
     y = run(model, reset(model, x_q.shape[0]), x_q, traces)
     return (y, traces) if trace else y

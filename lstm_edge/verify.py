@@ -3,9 +3,11 @@ measure how far the int8 model is from the float one."""
 
 from __future__ import annotations
 
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,10 +53,16 @@ class VerifyReport:
     builds: List[str] = field(default_factory=list)
     mismatches: List[str] = field(default_factory=list)
     accuracy: Optional[AccuracyReport] = None
+    stack_bytes: Dict[str, Tuple[int, Optional[int]]] = field(default_factory=dict)  # target build: run, step
+    streaming: bool = True
 
     @property
     def ok(self) -> bool:
         return not self.mismatches
+
+    @property
+    def checked(self) -> str:
+        return "run() and step() both checked" if self.streaming else "run() checked; window model, no step()"
 
 
 def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
@@ -74,12 +82,46 @@ def check_c_against_simulator(model: QuantizedModel, c_dir, x_q: np.ndarray, com
                 label = f"{exe.name.replace('harness.', '')}"
                 report.builds.append(label)
                 got = run_harness(exe, model, x_q, "run")
-                if not np.array_equal(got, expected):
-                    report.mismatches.append(f"{label} run(): {_first_difference(got, expected)}")
-                stepped = run_harness(exe, model, x_q, "step")
-                streamed = stepped if model.sequence_output else stepped[:, -1]
-                if not np.array_equal(streamed, got):
-                    report.mismatches.append(f"{label} step() x T vs run(): {_first_difference(streamed, got)}")
+                # a window model has no step()
+                stepped = run_harness(exe, model, x_q, "step") if model.streaming else None
+                _compare(model, label, got, stepped, expected, report)
+
+
+def _compare(model: QuantizedModel, label: str, got: np.ndarray, stepped: Optional[np.ndarray],
+             expected: np.ndarray, report: VerifyReport) -> None:
+    """run() must equal the simulator, and step() x T must equal run()."""
+    if not np.array_equal(got, expected):
+        report.mismatches.append(f"{label} run(): {_first_difference(got, expected)}")
+    if stepped is not None:
+        streamed = stepped if model.sequence_output else stepped[:, -1]
+        if not np.array_equal(streamed, got):
+            report.mismatches.append(f"{label} step() x T vs run(): {_first_difference(streamed, got)}")
+
+
+def check_targets_against_simulator(model: QuantizedModel, c_dir, x_q: np.ndarray, targets: Sequence[str],
+                                    opts: Sequence[str], report: VerifyReport) -> None:
+    """Cross-compile for every microcontroller target x optimisation level (each target's default level
+    when `opts` is empty), run under QEMU, and check as the host builds are checked. Builds run in
+    parallel, one per CPU."""
+    from .cross import build_firmware, chunk_steps, run_firmware
+    from .targets import TARGETS, check_tools
+    check_tools(targets)
+    expected = simulate(model, x_q)
+    jobs = [(TARGETS[name], opt) for name in targets for opt in (opts or [TARGETS[name].default_opt])]
+
+    def one(job):
+        target, opt = job
+        with tempfile.TemporaryDirectory(prefix=f"lstm-edge-{target.name}.") as work:
+            elf = build_firmware(model, c_dir, work, target, opt, chunk_steps(model, target, x_q.shape[1]))
+            return run_firmware(elf, target, model, x_q, work)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        results = list(pool.map(one, jobs))
+    for (target, opt), result in zip(jobs, results):
+        label = target.describe(opt)
+        report.builds.append(label)
+        _compare(model, label, result.run, result.step if model.streaming else None, expected, report)
+        report.stack_bytes[label] = (result.stack_run, result.stack_step if model.streaming else None)
 
 
 def accuracy(model: QuantizedModel, float_model: FloatModel, x_float: np.ndarray, x_q: np.ndarray,

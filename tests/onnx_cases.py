@@ -1,12 +1,14 @@
-"""Small ONNX LSTM models built with onnx.helper, for importer tests (no torch needed).
+"""Small ONNX LSTM and GRU models built with onnx.helper, for importer tests (no torch needed).
 
 `build_case(Spec(...))` returns a Case: the model plus how its graph input and output are laid
 out, so a test can feed onnxruntime (or onnx's ReferenceEvaluator) and compare the result
 with lstm_edge.reference.forward. The graphs imitate what exporters write: PyTorch's legacy
 exporter (Constant nodes, ConstantOfShape zero states, Squeeze between layers) and its dynamo
-exporter (Expand zero states, Transpose + Shape arithmetic + Reshape between layers).
+exporter (Expand zero states, Transpose + Shape arithmetic + Reshape between layers), including
+the ways both merge the two directions of a bidirectional layer.
 
-Output axes are written as letters: n batch, t time, f feature, 1 a size-1 axis.
+Output axes are written as letters: n batch, t time, f feature, 1 a size-1 axis, d the
+num_directions axis of a bidirectional layer (its [forward, backward] merge into the features).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Case:
     features: int
     batch: int
     steps: int
-    # onnxruntime refuses LSTM layout=1, so those models run on onnx.reference.ReferenceEvaluator.
+    # onnxruntime refuses LSTM/GRU layout=1, so those models run on onnx.reference.ReferenceEvaluator.
     runner: str = "onnxruntime"
 
 
@@ -103,12 +105,12 @@ def weight_scale(*sizes: int) -> float:
 
 # --- LSTM and its zero states --------------------------------------------------------------
 
-def zero_state(b: GraphBuilder, x: str, hidden: int, layout: int, kind: str, batch: int) -> str:
+def zero_state(b: GraphBuilder, x: str, hidden: int, layout: int, kind: str, batch: int, dirs: int = 1) -> str:
     """initial_h/initial_c as the exporters build them; '' when absent."""
     batch_axis = 1 if layout == 0 else 0
-    unit_then_batch = (lambda n: [b.ints([1]), n, b.ints([hidden])]) if layout == 0 else \
-        (lambda n: [n, b.ints([1]), b.ints([hidden])])
-    shape = [1, batch, hidden] if layout == 0 else [batch, 1, hidden]
+    unit_then_batch = (lambda n: [b.ints([dirs]), n, b.ints([hidden])]) if layout == 0 else \
+        (lambda n: [n, b.ints([dirs]), b.ints([hidden])])
+    shape = [dirs, batch, hidden] if layout == 0 else [batch, dirs, hidden]
     if kind == "absent":
         return ""
     if kind in ("zeros", "nonzero"):
@@ -122,40 +124,53 @@ def zero_state(b: GraphBuilder, x: str, hidden: int, layout: int, kind: str, bat
     if kind == "expand":  # the dynamo exporter's way (Shape start/end needs opset 15)
         n = b.op("Shape", [x], start=batch_axis, end=batch_axis + 1)
         zeros = b.op("Expand", [b.const(np.array(0.0, np.float32)), b.op("Concat", unit_then_batch(n), axis=0)])
-        return b.op("Slice", [zeros, b.ints([0]), b.ints([1]), b.ints([0])])
+        return b.op("Slice", [zeros, b.ints([0]), b.ints([dirs]), b.ints([0])])
     raise ValueError(kind)
 
 
-def lstm_weights(b: GraphBuilder, features: int, hidden: int, bias: bool, in_graph: bool):
+GATES = {"LSTM": 4, "GRU": 3}
+
+
+def lstm_weights(b: GraphBuilder, features: int, hidden: int, bias: bool, in_graph: bool, gates: int = 4,
+                 dirs: int = 1):
     """W, R, B in ONNX layout; with `in_graph`, computed by nodes that an exporter without
     constant folding leaves behind (Transpose, Unsqueeze, Mul, Concat)."""
     scale = weight_scale(features, hidden)
-    w, r = b.random(1, 4 * hidden, features, scale=scale), b.random(1, 4 * hidden, hidden, scale=scale)
-    bias_value = b.random(1, 8 * hidden, scale=0.3) if bias else None
+    w = b.random(dirs, gates * hidden, features, scale=scale)
+    r = b.random(dirs, gates * hidden, hidden, scale=scale)
+    bias_value = b.random(dirs, 2 * gates * hidden, scale=0.3) if bias else None
     if not in_graph:
         return b.const(w, "W"), b.const(r, "R"), (b.const(bias_value, "B") if bias else "")
-    w_name = b.unsqueeze(b.op("Transpose", [b.const(w[0].T.copy(), "W_t")], perm=[1, 0]), [0])
+    parts = [b.unsqueeze(b.op("Transpose", [b.const(w[d].T.copy(), "W_t")], perm=[1, 0]), [0]) for d in range(dirs)]
+    w_name = parts[0] if dirs == 1 else b.op("Concat", parts, axis=0)
     r_name = b.op("Mul", [b.const(r / 2, "R_half"), b.const(np.array(2.0, np.float32))])
     b_name = ""
     if bias:
-        b_name = b.op("Concat", [b.const(bias_value[:, :4 * hidden], "Wb"), b.const(bias_value[:, 4 * hidden:], "Rb")],
-                      axis=1)
+        split = gates * hidden
+        b_name = b.op("Concat", [b.const(bias_value[:, :split], "Wb"), b.const(bias_value[:, split:], "Rb")], axis=1)
     return w_name, r_name, b_name
 
 
 def add_lstm(b: GraphBuilder, x: str, features: int, hidden: int, *, reverse=False, layout=0, bias=True,
-             state="absent", batch=3, in_graph=False, name=None) -> Tuple[str, str]:
-    """One LSTM node; returns (Y, Y_h)."""
-    w, r, bias_name = lstm_weights(b, features, hidden, bias, in_graph)
-    init = zero_state(b, x, hidden, layout, state, batch)
-    attrs = dict(hidden_size=hidden, direction="reverse" if reverse else "forward")
+             state="absent", batch=3, in_graph=False, name=None, op_type="LSTM", bidirectional=False,
+             linear_before_reset=1) -> Tuple[str, str]:
+    """One LSTM or GRU node; returns (Y, Y_h)."""
+    dirs = 2 if bidirectional else 1
+    w, r, bias_name = lstm_weights(b, features, hidden, bias, in_graph, GATES[op_type], dirs)
+    init = zero_state(b, x, hidden, layout, state, batch, dirs)
+    direction = "bidirectional" if bidirectional else "reverse" if reverse else "forward"
+    attrs = dict(hidden_size=hidden, direction=direction)
     if layout:
         attrs["layout"] = 1
-    inputs = [x, w, r, bias_name, "", init, init]
+    if op_type == "GRU":
+        attrs["linear_before_reset"] = linear_before_reset
+        inputs = [x, w, r, bias_name, "", init]
+    else:
+        inputs = [x, w, r, bias_name, "", init, init]
     while inputs and not inputs[-1]:
         inputs.pop()
-    y, y_h, _ = b.op("LSTM", inputs, n_out=3, name=name, **attrs)
-    return y, y_h
+    outs = b.op(op_type, inputs, n_out=3 if op_type == "LSTM" else 2, name=name, **attrs)
+    return outs[0], outs[1]
 
 
 # --- whole models --------------------------------------------------------------------------
@@ -165,12 +180,25 @@ class Spec:
     features: int = 4
     hidden: Sequence[int] = (8,)
     reverse: Sequence[bool] = ()  # per layer; default all forward
+    bidirectional: Sequence[bool] = ()  # per layer; default none
+    cell: Sequence[str] = ()  # per layer, "LSTM" or "GRU"; default all LSTM
+    linear_before_reset: int = 1  # of the GRU nodes
+    # How a bidirectional layer's Y [T, 2, N, H] (layout 0) becomes [T, N, 2H], between layers and
+    # before the head: legacy (Transpose + Reshape [0, 0, -1]), dynamo (Transpose + Reshape to
+    # sizes computed from Shape), gather_concat / slice_concat (each direction, then Concat), or
+    # sum (Gather each direction, then Add: a sum merge).
     layout: int = 0  # the LSTM nodes' layout attribute
     batch_first: bool = False  # graph input [N, T, F] (a Transpose feeds layout-0 LSTMs)
     bias: bool = True
     state: str = "absent"  # see zero_state
     link: str = "squeeze"  # between stacked layers: squeeze | reshape | dynamo
-    select: str = "sequence"  # sequence | raw_y | gather | slice | y_h | y_h_squeezed | y_h_gather
+    merge: str = "legacy"
+    # sequence | raw_y | gather | gather_last | slice | slice_last | y_h | y_h_squeezed | y_h_gather
+    # | y_h_merged / y_h_flatten (bidirectional Y_h: Transpose + Reshape or Flatten to [N, 2H])
+    # | y_h_concat (h_n[-2], h_n[-1] concatenated)
+    # | h_n_gather / h_n_slice (PyTorch's h_n: all layers' Y_h concatenated, then h_n[-1], or
+    #   h_n[-2] and h_n[-1] concatenated after a bidirectional layer; by Gather or by Slice + Squeeze)
+    select: str = "sequence"
     head: Sequence[Tuple[str, int, Optional[str]]] = ()  # (gemm | gemm_t0 | matmul, units, activation)
     softmax: Optional[str] = None  # Softmax | LogSoftmax
     in_graph_weights: bool = False
@@ -190,8 +218,41 @@ def _transpose_to(b: GraphBuilder, value: str, axes: str, wanted: str) -> Tuple[
     return b.op("Transpose", [value], perm=perm), wanted
 
 
+def _dynamo_reshape(b: GraphBuilder, moved: str) -> str:
+    """Reshape [A, B, C, D] to [A, B, C*D], the sizes read by Shape (the dynamo exporter's way)."""
+    shape = b.op("Shape", [moved])
+    part = lambda lo, hi: b.op("Slice", [shape, b.ints([lo]), b.ints([hi])])  # noqa: E731
+    merged = b.op("Mul", [part(2, 3), part(3, 4)])
+    target = b.op("Concat", [part(0, 1), part(1, 2), b.op("Reshape", [merged, b.ints([-1])])], axis=0)
+    return b.op("Reshape", [moved, target])
+
+
+def _merge_directions(b: GraphBuilder, y: str, axes: str, spec: Spec) -> Tuple[str, str]:
+    """From a bidirectional Y (tdnf or ntdf) to [T, N, 2H] / [N, T, 2H] (or [.., H] for sum)."""
+    d = axes.index("d")
+    if spec.merge in ("legacy", "dynamo"):
+        if axes == "tdnf":
+            y, axes = b.op("Transpose", [y], perm=[0, 2, 1, 3]), "tndf"
+        if spec.merge == "legacy":
+            return b.op("Reshape", [y, b.ints([0, 0, -1])]), axes.replace("d", "")
+        return _dynamo_reshape(b, y), axes.replace("d", "")
+    if spec.merge == "gather_concat":
+        halves = [b.op("Gather", [y, b.const(np.array(k, np.int64))], axis=d) for k in (0, -1)]
+        return b.op("Concat", halves, axis=-1), axes.replace("d", "")
+    if spec.merge == "slice_concat":
+        halves = [b.op("Slice", [y, b.ints([lo]), b.ints([lo + 1]), b.ints([d])]) for lo in (0, 1)]
+        joined = b.op("Concat", halves, axis=-1)
+        return b.squeeze(joined, [d]), axes.replace("d", "")
+    if spec.merge == "sum":
+        halves = [b.op("Gather", [y, b.const(np.array(k, np.int64))], axis=d) for k in (0, 1)]
+        return b.op("Add", halves), axes.replace("d", "")
+    raise ValueError(spec.merge)
+
+
 def _link(b: GraphBuilder, y: str, axes: str, spec: Spec, hidden: int) -> Tuple[str, str]:
-    """From a raw Y (t1nf or nt1f) to the next layer's [T, N, H] / [N, T, H]."""
+    """From a raw Y (t1nf or nt1f, tdnf or ntdf) to the next layer's [T, N, H] / [N, T, H]."""
+    if "d" in axes:
+        return _merge_directions(b, y, axes, spec)
     unit = axes.index("1")
     if spec.link == "squeeze":
         return b.squeeze(y, [unit]), axes.replace("1", "")
@@ -199,18 +260,48 @@ def _link(b: GraphBuilder, y: str, axes: str, spec: Spec, hidden: int) -> Tuple[
         target = [0, -1, hidden] if axes == "t1nf" else [0, 0, hidden]
         return b.op("Reshape", [y, b.ints(target)]), axes.replace("1", "")
     if spec.link == "dynamo" and axes == "t1nf":  # Transpose then Reshape to sizes read by Shape
-        moved = b.op("Transpose", [y], perm=[0, 2, 1, 3])
-        shape = b.op("Shape", [moved])
-        part = lambda lo, hi: b.op("Slice", [shape, b.ints([lo]), b.ints([hi])])  # noqa: E731
-        merged = b.op("Mul", [part(2, 3), part(3, 4)])
-        target = b.op("Concat", [part(0, 1), part(1, 2), b.op("Reshape", [merged, b.ints([-1])])], axis=0)
-        return b.op("Reshape", [moved, target]), "tnf"
+        return _dynamo_reshape(b, b.op("Transpose", [y], perm=[0, 2, 1, 3])), "tnf"
     raise ValueError(spec.link)
+
+
+def _select_y_h(b: GraphBuilder, y_h: str, spec: Spec) -> Tuple[str, str]:
+    """A bidirectional layer's final states [2, N, H] / [N, 2, H], merged to [N, 2H] or not."""
+    h_axes = "dnf" if spec.layout == 0 else "ndf"
+    d = h_axes.index("d")
+    if spec.select == "y_h":
+        return y_h, h_axes
+    if spec.select == "y_h_merged":  # h_n.transpose(0, 1).reshape(N, -1)
+        if spec.layout == 0:
+            y_h = b.op("Transpose", [y_h], perm=[1, 0, 2])
+        return b.op("Reshape", [y_h, b.ints([0, -1])]), "nf"
+    if spec.select == "y_h_flatten":  # h_n.transpose(0, 1).flatten(1)
+        if spec.layout == 0:
+            y_h = b.op("Transpose", [y_h], perm=[1, 0, 2])
+        return b.op("Flatten", [y_h], axis=1), "nf"
+    if spec.select == "y_h_concat":  # torch.cat([h_n[-2], h_n[-1]], -1)
+        halves = [b.op("Gather", [y_h, b.const(np.array(k, np.int64))], axis=d) for k in (-2, -1)]
+        return b.op("Concat", halves, axis=-1), "nf"
+    raise ValueError(f"{spec.select} of a bidirectional layer")
+
+
+def _select_h_n(b: GraphBuilder, y_hs: Sequence[str], bidirectional: bool, spec: Spec) -> Tuple[str, str]:
+    """PyTorch's h_n [layers * directions, N, H] as its exporters build it, and its last entries."""
+    axis = 0 if spec.layout == 0 else 1
+    h_n = b.op("Concat", list(y_hs), axis=axis)
+    picks = (-2, -1) if bidirectional else (-1,)
+    if spec.select == "h_n_gather":
+        entries = [b.op("Gather", [h_n, b.const(np.array(k, np.int64))], axis=axis) for k in picks]
+    else:
+        entries = [b.squeeze(b.op("Slice", [h_n, b.ints([k]), b.ints([k + 1 if k < -1 else INT64_MAX]),
+                                            b.ints([axis])]), [axis]) for k in picks]
+    return (b.op("Concat", entries, axis=-1) if bidirectional else entries[0]), "nf"
 
 
 def _select(b: GraphBuilder, y: str, y_h: str, axes: str, spec: Spec, reverse: bool) -> Tuple[str, str]:
     """The output of the last LSTM the head reads: the sequence, or its last step."""
     h_axes = "1nf" if spec.layout == 0 else "n1f"
+    if "d" in axes and spec.select.startswith("y_h"):
+        return _select_y_h(b, y_h, spec)
     if spec.select == "y_h":
         return y_h, h_axes
     if spec.select == "y_h_squeezed":
@@ -219,17 +310,20 @@ def _select(b: GraphBuilder, y: str, y_h: str, axes: str, spec: Spec, reverse: b
         return b.op("Gather", [y_h, b.const(np.array(-1, np.int64))], axis=h_axes.index("1")), "nf"
     if spec.select == "raw_y":
         return y, axes
-    seq, seq_axes = b.squeeze(y, [axes.index("1")]), axes.replace("1", "")
+    if "d" in axes:
+        seq, seq_axes = _merge_directions(b, y, axes, spec)
+    else:
+        seq, seq_axes = b.squeeze(y, [axes.index("1")]), axes.replace("1", "")
     if spec.batch_first:
         seq, seq_axes = _transpose_to(b, seq, seq_axes, "ntf")
     t = seq_axes.index("t")
     if spec.select == "sequence":
         return seq, seq_axes
-    if spec.select == "gather":  # a reverse layer's final state is at step 0
-        index = b.const(np.array(0 if reverse else -1, np.int64))
+    if spec.select in ("gather", "gather_last"):  # "gather": a reverse layer's final state, at step 0
+        index = b.const(np.array(0 if reverse and spec.select == "gather" else -1, np.int64))
         return b.op("Gather", [seq, index], axis=t), seq_axes.replace("t", "")
-    if spec.select == "slice":
-        start, end = (0, 1) if reverse else (-1, INT64_MAX)
+    if spec.select in ("slice", "slice_last"):
+        start, end = (0, 1) if reverse and spec.select == "slice" else (-1, INT64_MAX)
         sliced = b.op("Slice", [seq, b.ints([start]), b.ints([end]), b.ints([t])])
         return sliced, seq_axes.replace("t", "1")
     raise ValueError(spec.select)
@@ -261,17 +355,30 @@ def build_case(spec: Spec, name: str = "case") -> Case:
         x, axes = b.add_input("x", [dims[0], dims[1], spec.features]), "ntf"
     else:
         x, axes = b.add_input("x", [dims[1], dims[0], spec.features]), "tnf"
-    reverse = list(spec.reverse) or [False] * len(spec.hidden)
-    width, y = spec.features, x
+    layers = len(spec.hidden)
+    reverse = list(spec.reverse) or [False] * layers
+    bidirectional = list(spec.bidirectional) or [False] * layers
+    cells = list(spec.cell) or ["LSTM"] * layers
+    width, y, y_hs = spec.features, x, []
     for k, hidden in enumerate(spec.hidden):
         y, axes = _transpose_to(b, y, axes, "tnf" if spec.layout == 0 else "ntf")
+        prefix = cells[k].lower()
         y, y_h = add_lstm(b, y, width, hidden, reverse=reverse[k], layout=spec.layout, bias=spec.bias,
                           state=spec.state, batch=spec.batch, in_graph=spec.in_graph_weights,
-                          name=spec.names.get(f"lstm{k}", f"lstm_{k}"))
-        axes, width = ("t1nf" if spec.layout == 0 else "nt1f"), hidden
+                          name=spec.names.get(f"{prefix}{k}", f"{prefix}_{k}"), op_type=cells[k],
+                          bidirectional=bidirectional[k], linear_before_reset=spec.linear_before_reset)
+        y_hs.append(y_h)
+        unit = "d" if bidirectional[k] else "1"
+        axes = ("t" + unit + "nf") if spec.layout == 0 else ("nt" + unit + "f")
+        width = 2 * hidden if bidirectional[k] and spec.merge != "sum" else hidden
         if k + 1 < len(spec.hidden):
             y, axes = _link(b, y, axes, spec, hidden)
-    out, axes = _select(b, y, y_h, axes, spec, reverse[-1])
+    if spec.select.startswith("h_n"):
+        out, axes = _select_h_n(b, y_hs, bidirectional[-1], spec)
+    else:
+        out, axes = _select(b, y, y_h, axes, spec, reverse[-1])
+    if spec.select.startswith(("y_h", "h_n")) and bidirectional[-1]:
+        width = 2 * spec.hidden[-1]
     for k, (kind, units, activation) in enumerate(spec.head):
         if kind.startswith("gemm") and "1" in axes:  # Gemm takes [batch, features] only
             out, axes = b.squeeze(out, [axes.index("1")]), axes.replace("1", "")
@@ -325,10 +432,14 @@ def model_input(case: Case, x_batch_first: np.ndarray) -> np.ndarray:
 
 
 def to_reference_layout(y: np.ndarray, axes: str) -> np.ndarray:
-    """A graph output with axes `axes` rearranged as reference.forward returns it: [N, T, O] or [N, O]."""
+    """A graph output with axes `axes` rearranged as reference.forward returns it: [N, T, O] or [N, O].
+    A num_directions axis (d) merges into the features: [forward, backward]."""
     units = tuple(k for k, c in enumerate(axes) if c == "1")
     y, axes = np.squeeze(y, axis=units), axes.replace("1", "")
-    return np.transpose(y, [axes.index(c) for c in ("ntf" if "t" in axes else "nf")])
+    wanted = "nt" if "t" in axes else "n"
+    wanted += "df" if "d" in axes else "f"
+    y = np.transpose(y, [axes.index(c) for c in wanted])
+    return y.reshape(y.shape[:len(wanted) - 2] + (-1,)) if "d" in axes else y
 
 
 def append_node(model: onnx.ModelProto, op_type: str, extra_inputs: Sequence[np.ndarray] = (),
@@ -365,3 +476,64 @@ def rank2_input_case() -> onnx.ModelProto:
     y, _ = add_lstm(b, b.unsqueeze(x, [0]), 4, 5, name="lstm_on_rank2")
     b.add_output(y)
     return b.model("rank2")
+
+
+def bidirectional_case(tail: str, op_type: str = "LSTM") -> onnx.ModelProto:
+    """A bidirectional layer (layout 0, hidden 5) whose outputs are used in a way the importer
+    refuses; `tail` names the way."""
+    b = GraphBuilder()
+    x = b.add_input("x", ["time", "batch", 4])
+    y, y_h = add_lstm(b, x, 4, 5, bidirectional=True, op_type=op_type, name="bi_0")
+    index = lambda k: b.const(np.array(k, np.int64))  # noqa: E731
+    if tail == "backward_only_into_head":  # h_n[-1] of a bidirectional layer
+        out = b.op("Gemm", [b.op("Gather", [y_h, index(-1)], axis=0), b.const(b.random(3, 5))], name="fc", transB=1)
+    elif tail == "forward_only_output":
+        out = b.op("Gather", [y_h, index(0)], axis=0, name="forward_state")
+    elif tail == "step0_of_merged_sequence":
+        merged = b.op("Reshape", [b.op("Transpose", [y], perm=[0, 2, 1, 3]), b.ints([0, 0, -1])])
+        out = b.op("Gather", [merged, index(0)], axis=0, name="first_step")
+    elif tail == "concat_backward_first":
+        out = b.op("Concat", [b.op("Gather", [y_h, index(1)], axis=0), b.op("Gather", [y_h, index(0)], axis=0)],
+                   axis=-1, name="swapped")
+    elif tail == "concat_along_batch":
+        out = b.op("Concat", [b.op("Gather", [y_h, index(0)], axis=0), b.op("Gather", [y_h, index(1)], axis=0)],
+                   axis=0, name="stacked")
+    elif tail == "dense_on_unmerged_directions":
+        moved = b.op("Transpose", [y], perm=[0, 2, 1, 3])
+        out = b.op("MatMul", [moved, b.const(b.random(5, 3))], name="per_direction_fc")
+    elif tail == "reshape_without_transpose":
+        out = b.op("Reshape", [y, b.ints([0, 0, -1])], name="wrong_merge")
+    elif tail == "sum_of_final_states":
+        out = b.op("Add", [b.op("Gather", [y_h, index(0)], axis=0), b.op("Gather", [y_h, index(1)], axis=0)],
+                   name="state_sum")
+    elif tail == "mul_merge":  # Keras merge_mode="mul"
+        out = b.op("Mul", [b.op("Gather", [y, index(0)], axis=1), b.op("Gather", [y, index(1)], axis=1)],
+                   name="product")
+    elif tail == "recurrent_on_one_direction":
+        forward = b.op("Gather", [y, index(0)], axis=1)
+        out, _ = add_lstm(b, forward, 5, 3, name="after_forward_only")
+    else:
+        raise ValueError(tail)
+    b.add_output(out)
+    return b.model(tail)
+
+
+def h_n_case(tail: str) -> onnx.ModelProto:
+    """Two stacked LSTM layers whose Y_h are concatenated like PyTorch's h_n, then used in a way
+    the importer refuses; `tail` names the way."""
+    b = GraphBuilder()
+    x = b.add_input("x", ["time", "batch", 4])
+    y, first = add_lstm(b, x, 4, 5, name="lstm_0")
+    second_width = 3 if tail == "different_widths" else 5
+    _, second = add_lstm(b, b.squeeze(y, [1]), 5, second_width, name="lstm_1")
+    h_n = b.op("Concat", [first, second], axis=0, name="h_n")
+    if tail in ("output", "different_widths"):
+        out = h_n
+    elif tail == "gemm_on_all_layers":
+        out = b.op("Gemm", [h_n, b.const(b.random(3, 5))], name="fc", transB=1)
+    elif tail == "slice_two_entries":
+        out = b.op("Slice", [h_n, b.ints([-2]), b.ints([INT64_MAX]), b.ints([0])], name="last_two")
+    else:
+        raise ValueError(tail)
+    b.add_output(out)
+    return b.model(tail)

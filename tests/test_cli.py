@@ -50,7 +50,8 @@ def test_compile_simulate_verify_inspect(tmp_path, calib):
     out = tmp_path / "build" / "kws"
     result = cli("compile", MODEL, "--calib", calib, "-o", out, "--name", "kws")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["kws.c", "kws.float.npz", "kws.h", "kws.qmodel.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["kws.c", "kws.float.npz", "kws.footprint.json",
+                                                   "kws.footprint.txt", "kws.h", "kws.qmodel.json"]
     header = (out / "kws.h").read_text()
     for macro in ("KWS_INPUT_SIZE 6", "KWS_OUTPUT_SIZE 5", "KWS_SEQUENCE_OUTPUT 0", "KWS_INPUT_SCALE",
                   "KWS_INPUT_ZERO_POINT", "KWS_OUTPUT_SCALE", "KWS_OUTPUT_ZERO_POINT"):
@@ -105,12 +106,12 @@ def test_compile_is_byte_identical_and_replaces_its_own_folder(tmp_path, calib):
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["net"]  # no temporary folders left
 
 
-def _gru_model(path):
-    onnx.save(recurrent_case("GRU"), path)
+def _rnn_model(path):
+    onnx.save(recurrent_case("RNN"), path)
     return path
 
 
-@pytest.mark.parametrize("case", ["missing_model", "not_onnx", "garbage", "gru", "missing_calib", "nan_calib",
+@pytest.mark.parametrize("case", ["missing_model", "not_onnx", "garbage", "rnn", "missing_calib", "nan_calib",
                                   "wrong_features", "rank2_wrong", "bad_name", "foreign_folder"])
 def test_bad_input_gives_one_line_and_no_output(tmp_path, calib, case):
     out = tmp_path / "out"
@@ -125,8 +126,8 @@ def test_bad_input_gives_one_line_and_no_output(tmp_path, calib, case):
         model = tmp_path / "broken.onnx"
         model.write_bytes(b"this is not a protobuf")
         expect = ["broken.onnx"]
-    elif case == "gru":
-        model, expect = _gru_model(tmp_path / "gru.onnx"), ["GRU"]
+    elif case == "rnn":
+        model, expect = _rnn_model(tmp_path / "rnn.onnx"), ["RNN"]
     elif case == "missing_calib":
         data, expect = tmp_path / "none.npy", ["none.npy"]
     elif case == "nan_calib":

@@ -1,8 +1,9 @@
 """The ONNX importer on graphs built with onnx.helper (tests/onnx_cases.py); no torch needed.
 
 Each supported case checks that lstm_edge.reference.forward on the imported model equals the
-graph run by onnxruntime (or, for LSTM layout=1, which onnxruntime refuses, by
-onnx.reference.ReferenceEvaluator) within 1e-5. Each refusal checks the error class and that
+graph run by onnxruntime (or, for LSTM/GRU layout=1, which onnxruntime refuses, by
+onnx.reference.ReferenceEvaluator, which implements layout, direction and linear_before_reset
+but ignores sequence_lens, clip and activations) within 1e-5. Each refusal checks the error class and that
 the message is one line naming the node and its op type.
 """
 
@@ -19,13 +20,14 @@ from onnx import numpy_helper
 from lstm_edge.errors import LstmEdgeError, ModelFormatError, UnsupportedModelError
 from lstm_edge.importers import load_model
 from lstm_edge.importers.onnx_importer import graph_input_layout, inspect_onnx, load_onnx
-from lstm_edge.ir import Activation
+from lstm_edge.ir import Activation, BidirectionalLayer, GruLayer, LstmLayer
 from lstm_edge.reference import forward
-from onnx_cases import (Spec, append_node, build_case, dense_before_lstm_case, find_node, model_input,
-                        rank2_input_case, recurrent_case, set_attribute, set_input, to_reference_layout)
+from onnx_cases import (Spec, append_node, bidirectional_case, build_case, dense_before_lstm_case, find_node,
+                        h_n_case, model_input, rank2_input_case, recurrent_case, set_attribute, set_input,
+                        to_reference_layout)
 
 ATOL = 1e-5
-AXIS_LETTERS = {"batch": "n", "time": "t", "feature": "f", "unit": "1"}
+AXIS_LETTERS = {"batch": "n", "time": "t", "feature": "f", "unit": "1", "direction": "d"}
 
 
 def save(model: onnx.ModelProto, folder: Path, name: str = "case") -> Path:
@@ -139,6 +141,174 @@ def test_heads_match_graph(spec, tmp_path):
     assert model.final_softmax == (spec.softmax.lower() if spec.softmax else None)
 
 
+LAST_STEP_FROM = {
+    "gather_step0_of_reverse_is_final_state": (Spec(select="gather", reverse=(True,)), "final_state"),
+    "y_h_of_reverse_is_final_state": (Spec(select="y_h_squeezed", reverse=(True,)), "final_state"),
+    "gather_last_of_reverse_is_last_index": (Spec(select="gather_last", reverse=(True,), head=(("gemm", 3, None),)),
+                                             "last_index"),
+    "slice_last_of_reverse_is_last_index": (Spec(select="slice_last", reverse=(True,), batch_first=True),
+                                            "last_index"),
+    "gather_last_of_forward": (Spec(select="gather_last"), "final_state"),  # the same for forward layers
+}
+
+
+@pytest.mark.parametrize("spec, expected", LAST_STEP_FROM.values(), ids=LAST_STEP_FROM.keys())
+def test_last_step_of_reverse_layers(spec, expected, tmp_path):
+    """Y_h and step 0 of a reverse layer are its final state; out[:, -1] is step T-1, which a
+    reverse layer reaches after one step."""
+    model = check_spec(spec, tmp_path)
+    assert not model.sequence_output and model.last_step_from == expected
+
+
+# --- GRU -----------------------------------------------------------------------------------
+
+GRU = {
+    "lbr1_forward": Spec(cell=("GRU",), hidden=(8,)),
+    "lbr0_forward_batch_first": Spec(cell=("GRU",), linear_before_reset=0, hidden=(6,), batch_first=True),
+    "lbr1_reverse": Spec(cell=("GRU",), reverse=(True,), hidden=(5,), batch=4),
+    "lbr0_reverse_y_h": Spec(cell=("GRU",), linear_before_reset=0, reverse=(True,), select="y_h_squeezed"),
+    "lbr0_no_bias_legacy_zero_state": Spec(cell=("GRU",), linear_before_reset=0, bias=False,
+                                           state="constant_of_shape", constant_nodes=True, batch_first=True),
+    "lbr1_expand_state_wide": Spec(cell=("GRU",), features=32, hidden=(32,), state="expand", steps=20),
+    "lbr1_constant_zero_state_gather_gemm": Spec(cell=("GRU",), state="zeros", select="gather",
+                                                 head=(("gemm", 3, "Tanh"),), softmax="Softmax"),
+    "layout1_lbr0": Spec(cell=("GRU",), layout=1, batch_first=True, linear_before_reset=0),
+    "layout1_lbr1_reverse_y_h": Spec(cell=("GRU",), layout=1, reverse=(True,), select="y_h"),
+    "weights_computed_in_graph": Spec(cell=("GRU",), in_graph_weights=True, head=(("matmul", 3, None),)),
+    "stacked_dynamo_style": Spec(cell=("GRU", "GRU"), hidden=(12, 12), link="dynamo", state="expand",
+                                 batch_first=True, select="gather", head=(("gemm", 5, None),)),
+    "stacked_gru_on_lstm_reverse_top": Spec(cell=("LSTM", "GRU"), hidden=(7, 5), reverse=(False, True),
+                                            linear_before_reset=0, link="reshape"),
+}
+
+
+@pytest.mark.parametrize("spec", GRU.values(), ids=GRU.keys())
+def test_gru_matches_graph(spec, tmp_path):
+    model = check_spec(spec, tmp_path)
+    reverse = list(spec.reverse) or [False] * len(spec.hidden)
+    for layer, cell, back in zip(model.lstm_layers, spec.cell, reverse):
+        assert isinstance(layer, GruLayer if cell == "GRU" else LstmLayer)
+        assert layer.reverse == back
+        if cell == "GRU":
+            assert layer.linear_before_reset == bool(spec.linear_before_reset)
+    assert [l.name for l in model.lstm_layers] == [f"{c.lower()}_{k}" for k, c in enumerate(spec.cell)]
+
+
+def test_gru_biases_stay_apart(tmp_path):
+    """Wb and Rb of the n gate differ in effect with linear_before_reset=1; both are kept."""
+    case = build_case(Spec(cell=("GRU",), hidden=(3,), features=2))
+    gru = find_node(case.model, "GRU")
+    bias = numpy_helper.to_array(next(t for t in case.model.graph.initializer if t.name == gru.input[3]))
+    layer = load_model(save(case.model, tmp_path)).lstm_layers[0]
+    # ONNX stacks z, r, h: the canonical order is z, r, n, so the order is unchanged.
+    np.testing.assert_array_equal(layer.b_x.reshape(-1), bias[0, :9])
+    np.testing.assert_array_equal(layer.b_h.reshape(-1), bias[0, 9:])
+
+
+# --- bidirectional layers ------------------------------------------------------------------
+
+BI = dict(bidirectional=(True,))
+BIDIRECTIONAL = {
+    # (spec, last_step_from of a last-step model, None for sequence models)
+    "lstm_sequence_legacy_merge": (Spec(**BI, batch_first=True, state="constant_of_shape", constant_nodes=True),
+                                   None),
+    "lstm_sequence_dynamo_merge": (Spec(**BI, merge="dynamo", state="expand", steps=9), None),
+    "lstm_sequence_gather_concat": (Spec(**BI, merge="gather_concat"), None),
+    "lstm_sequence_slice_concat_per_step_head": (Spec(**BI, merge="slice_concat", head=(("matmul", 4, "Relu"),)),
+                                                 None),
+    "lstm_raw_y": (Spec(**BI, select="raw_y"), None),
+    "lstm_raw_y_h": (Spec(**BI, select="y_h"), "final_state"),
+    "lstm_y_h_merged_gemm": (Spec(**BI, select="y_h_merged", head=(("gemm", 3, None),)), "final_state"),
+    "lstm_y_h_flatten_gemm": (Spec(**BI, select="y_h_flatten", head=(("gemm", 3, "Relu"),)), "final_state"),
+    "gru_layout1_y_h_flatten": (Spec(**BI, cell=("GRU",), layout=1, select="y_h_flatten"), "final_state"),
+    "lstm_y_h_concat_no_bias": (Spec(**BI, select="y_h_concat", bias=False), "final_state"),
+    "lstm_gather_last_index_gemm": (Spec(**BI, select="gather", batch_first=True, head=(("gemm", 5, None),)),
+                                    "last_index"),
+    "lstm_slice_last_index": (Spec(**BI, select="slice", merge="dynamo"), "last_index"),
+    "lstm_layout1_sequence": (Spec(**BI, layout=1, batch_first=True), None),
+    "lstm_layout1_y_h_concat": (Spec(**BI, layout=1, select="y_h_concat", head=(("gemm", 2, None),)),
+                                "final_state"),
+    "lstm_in_graph_weights": (Spec(**BI, in_graph_weights=True, select="y_h_merged"), "final_state"),
+    "lstm_sum_merge_per_step": (Spec(**BI, merge="sum", head=(("matmul", 3, None),)), None),
+    "gru_sum_merge_last_index": (Spec(**BI, cell=("GRU",), merge="sum", select="gather"), "last_index"),
+    "gru_lbr1_sequence": (Spec(**BI, cell=("GRU",), batch_first=True, merge="dynamo", state="expand"), None),
+    "gru_lbr0_sequence": (Spec(**BI, cell=("GRU",), linear_before_reset=0), None),
+    "gru_y_h_concat_gemm_softmax": (Spec(**BI, cell=("GRU",), select="y_h_concat", state="constant_of_shape",
+                                         head=(("gemm", 4, None),), softmax="LogSoftmax"), "final_state"),
+    "gru_lbr0_gather_last_index": (Spec(**BI, cell=("GRU",), linear_before_reset=0, select="gather",
+                                        head=(("gemm", 3, "Sigmoid"),)), "last_index"),
+    "gru_layout1_y_h_merged": (Spec(**BI, cell=("GRU",), layout=1, select="y_h_merged"), "final_state"),
+    "gru_layout1_lbr0_raw_y": (Spec(**BI, cell=("GRU",), layout=1, linear_before_reset=0, select="raw_y"), None),
+}
+
+
+@pytest.mark.parametrize("spec, last_step_from", BIDIRECTIONAL.values(), ids=BIDIRECTIONAL.keys())
+def test_bidirectional_matches_graph(spec, last_step_from, tmp_path):
+    model = check_spec(spec, tmp_path)
+    layer, = model.lstm_layers
+    cell = (list(spec.cell) or ["LSTM"])[0]
+    assert isinstance(layer, BidirectionalLayer)
+    assert isinstance(layer.forward, GruLayer if cell == "GRU" else LstmLayer)
+    assert layer.merge == ("sum" if spec.merge == "sum" else "concat")
+    assert layer.name == f"{cell.lower()}_0"
+    assert (layer.forward.name, layer.backward.name) == (f"{layer.name}.forward", f"{layer.name}.backward")
+    assert model.sequence_output == (last_step_from is None)
+    if last_step_from:
+        assert model.last_step_from == last_step_from
+
+
+MIXED = {
+    "bi_lstm_then_lstm": Spec(hidden=(6, 5), bidirectional=(True, False), batch_first=True),
+    "lstm_then_bi_gru_h_n": Spec(hidden=(5, 4), bidirectional=(False, True), cell=("LSTM", "GRU"),
+                                 select="y_h_concat", head=(("gemm", 3, None),)),
+    "three_bi_lstm_dynamo": Spec(hidden=(6, 6, 6), bidirectional=(True,) * 3, merge="dynamo", link="dynamo",
+                                 state="expand", steps=9),
+    "bi_gru_reverse_lstm_bi_lstm_layout1": Spec(hidden=(4, 6, 3), bidirectional=(True, False, True),
+                                                reverse=(False, True, False), cell=("GRU", "LSTM", "LSTM"), layout=1,
+                                                link="reshape", batch_first=True, select="gather",
+                                                head=(("gemm", 2, None),)),
+    "bi_concat_then_reverse_gru_last_index": Spec(hidden=(4, 6), bidirectional=(True, False), reverse=(False, True),
+                                                  cell=("LSTM", "GRU"), merge="gather_concat", select="gather_last",
+                                                  head=(("gemm", 3, None),)),
+    "bi_sum_then_bi_gru_sum": Spec(hidden=(5, 5), bidirectional=(True, True), cell=("LSTM", "GRU"), merge="sum",
+                                   head=(("matmul", 2, None),)),
+    "wide_bi_lstm_bi_gru": Spec(features=16, hidden=(32, 16), bidirectional=(True, True), cell=("LSTM", "GRU"),
+                                steps=20, batch=5, select="y_h_merged", head=(("gemm", 8, "Relu"), ("gemm", 3, None))),
+}
+
+
+H_N = {  # PyTorch's h_n: the layers' Y_h concatenated, then its last entries
+    "lstm2_h_n_last": Spec(hidden=(6, 6), select="h_n_gather", head=(("gemm", 3, None),)),
+    "lstm3_reverse_top_h_n_slice": Spec(hidden=(4, 4, 4), reverse=(False, False, True), select="h_n_slice",
+                                        state="constant_of_shape", constant_nodes=True),
+    "gru2_layout1_h_n_last": Spec(hidden=(5, 5), cell=("GRU", "GRU"), layout=1, link="reshape",
+                                  select="h_n_gather", head=(("gemm", 2, "Sigmoid"),)),
+    "bi_gru2_h_n_concat": Spec(hidden=(6, 6), bidirectional=(True, True), cell=("GRU", "GRU"), select="h_n_gather",
+                               merge="dynamo", head=(("gemm", 3, None),)),
+    "lstm_then_bi_lstm_h_n_slices": Spec(hidden=(5, 5), bidirectional=(False, True), select="h_n_slice",
+                                         head=(("gemm", 4, None),)),
+    "bi_lstm_then_gru_h_n_last": Spec(hidden=(7, 7), bidirectional=(True, False), cell=("LSTM", "GRU"),
+                                      select="h_n_gather"),
+    "single_layer_h_n": Spec(hidden=(8,), select="h_n_gather", reverse=(True,)),
+}
+
+
+@pytest.mark.parametrize("spec", H_N.values(), ids=H_N.keys())
+def test_h_n_of_stacks_matches_graph(spec, tmp_path):
+    model = check_spec(spec, tmp_path)
+    assert len(model.lstm_layers) == len(spec.hidden)
+    assert not model.sequence_output and model.last_step_from == "final_state"
+
+
+@pytest.mark.parametrize("spec", MIXED.values(), ids=MIXED.keys())
+def test_mixed_stacks_match_graph(spec, tmp_path):
+    model = check_spec(spec, tmp_path)
+    kinds = [isinstance(l, BidirectionalLayer) for l in model.lstm_layers]
+    assert kinds == list(spec.bidirectional)
+    widths = [(2 if bi and spec.merge != "sum" else 1) * h for bi, h in zip(spec.bidirectional, spec.hidden)]
+    assert [l.hidden_size for l in model.lstm_layers] == widths
+
+
 def test_plumbing_after_the_head(tmp_path):
     """Flatten, Dropout, Identity, Cast and Unsqueeze only move or keep axes."""
     case = build_case(Spec(batch_first=True, select="gather", head=(("gemm", 3, "Relu"),)))
@@ -248,13 +418,13 @@ def one_line(error: Exception) -> str:
     return message
 
 
-def lstm_model(**spec):
+def lstm_model(op="LSTM", **spec):
     model = build_case(Spec(**spec)).model
-    return model, find_node(model, "LSTM")
+    return model, find_node(model, op)
 
 
-def edit_lstm(edit, **spec):
-    model, lstm = lstm_model(**spec)
+def edit_lstm(edit, op="LSTM", **spec):
+    model, lstm = lstm_model(op, **spec)
     edit(model, lstm)
     return model
 
@@ -280,8 +450,8 @@ def with_nan_weight(**spec):
     return model
 
 
-def with_state_input(**spec):
-    model, lstm = lstm_model(**spec)
+def with_state_input(op="LSTM", **spec):
+    model, lstm = lstm_model(op, **spec)
     model.graph.input.append(onnx.helper.make_tensor_value_info("h0", onnx.TensorProto.FLOAT, [1, "batch", 8]))
     while len(lstm.input) < 6:
         lstm.input.append("")
@@ -304,10 +474,11 @@ def y_c_output():
 
 # (model builder, error class, fragments the one-line message must contain)
 REFUSALS = {
-    "bidirectional": (lambda: edit_lstm(lambda m, n: set_attribute(n, "direction", "bidirectional")),
-                      UnsupportedModelError, ["'lstm_0' (LSTM)", "bidirectional", "not supported yet"]),
-    "gru": (lambda: recurrent_case("GRU", "gru_0"), UnsupportedModelError, ["'gru_0' (GRU)", "not supported yet"]),
-    "rnn": (lambda: recurrent_case("RNN", "rnn_0"), UnsupportedModelError, ["'rnn_0' (RNN)", "not supported yet"]),
+    "bidirectional_with_one_direction_of_weights": (
+        lambda: edit_lstm(lambda m, n: set_attribute(n, "direction", "bidirectional")),
+        ModelFormatError, ["'lstm_0' (LSTM)", "[1, 32, 4]", "[2, 4*hidden, input]", "bidirectional"]),
+    "rnn": (lambda: recurrent_case("RNN", "rnn_0"), UnsupportedModelError,
+            ["'rnn_0' (RNN)", "not supported yet", "only LSTM and GRU"]),
     "sequence_lens": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.full(3, 7, np.int32), "lens")),
                       UnsupportedModelError, ["'lstm_0' (LSTM)", "sequence_lens"]),
     "peephole": (lambda: edit_lstm(lambda m, n: set_input(m, n, 7, np.ones((1, 24), np.float32), "P")),
@@ -343,11 +514,71 @@ REFUSALS = {
     "y_c_output": (y_c_output, UnsupportedModelError, ["Y_c", "'lstm_0' (LSTM)"]),
     "gather_middle_step": (lambda: with_index("Gather", 2, select="gather"), UnsupportedModelError,
                            ["(Gather)", "other than the last"]),
-    "gather_last_of_reverse": (lambda: with_index("Gather", -1, select="gather", reverse=(True,)),
-                               UnsupportedModelError, ["(Gather)", "reverse LSTM 'lstm_0'"]),
+    "gather_step0_of_forward": (lambda: with_index("Gather", 0, select="gather"), UnsupportedModelError,
+                                ["(Gather)", "other than the last"]),
     "slice_middle_step": (lambda: with_index("Slice", 2, select="slice"), UnsupportedModelError,
                           ["(Slice)", "other than the last"]),
     "rank2_input": (rank2_input_case, UnsupportedModelError, ["graph input 'x'", "rank 2"]),
+    # GRU: the same refusals as LSTM where they apply
+    "gru_sequence_lens": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.full(3, 7, np.int32), "lens"),
+                                            op="GRU", cell=("GRU",)),
+                          UnsupportedModelError, ["'gru_0' (GRU)", "sequence_lens"]),
+    "gru_clip": (lambda: edit_lstm(lambda m, n: set_attribute(n, "clip", 3.0), op="GRU", cell=("GRU",)),
+                 UnsupportedModelError, ["'gru_0' (GRU)", "clip"]),
+    "gru_activations": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activations", ["Sigmoid", "Relu"]),
+                                          op="GRU", cell=("GRU",)),
+                        UnsupportedModelError, ["'gru_0' (GRU)", "activations", "Relu", "Sigmoid, Tanh"]),
+    "gru_activation_alpha": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activation_alpha", [0.5]),
+                                               op="GRU", cell=("GRU",)),
+                             UnsupportedModelError, ["'gru_0' (GRU)", "activation_alpha"]),
+    "gru_nonzero_state": (lambda: lstm_model(op="GRU", cell=("GRU",), state="nonzero")[0],
+                          UnsupportedModelError, ["'gru_0' (GRU)", "non-zero initial_h"]),
+    "gru_state_from_graph_input": (lambda: with_state_input(op="GRU", cell=("GRU",)), UnsupportedModelError,
+                                   ["'gru_0' (GRU)", "graph input 'h0'"]),
+    "gru_linear_before_reset_2": (lambda: edit_lstm(lambda m, n: set_attribute(n, "linear_before_reset", 2),
+                                                    op="GRU", cell=("GRU",)),
+                                  ModelFormatError, ["'gru_0' (GRU)", "linear_before_reset=2"]),
+    "gru_hidden_size_mismatch": (lambda: edit_lstm(lambda m, n: set_attribute(n, "hidden_size", 10),
+                                                   op="GRU", cell=("GRU",)),
+                                 ModelFormatError, ["'gru_0' (GRU)", "hidden_size=10"]),
+    "gru_y_h_gather_middle": (lambda: with_index("Gather", 3, select="gather", cell=("GRU",)),
+                              UnsupportedModelError, ["(Gather)", "other than the last"]),
+    # bidirectional layers
+    "bidirectional_sequence_lens": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.full(3, 7, np.int32), "lens"),
+                                                      bidirectional=(True,)),
+                                    UnsupportedModelError, ["'lstm_0' (LSTM)", "sequence_lens"]),
+    "bidirectional_activations": (lambda: edit_lstm(lambda m, n: set_attribute(
+        n, "activations", ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Relu", "Tanh"]), bidirectional=(True,)),
+        UnsupportedModelError, ["'lstm_0' (LSTM)", "activations", "Relu"]),
+    "bidirectional_nonzero_state": (lambda: lstm_model(bidirectional=(True,), state="nonzero")[0],
+                                    UnsupportedModelError, ["'lstm_0' (LSTM)", "non-zero initial_h"]),
+    "bidirectional_backward_state_only": (lambda: bidirectional_case("backward_only_into_head"), UnsupportedModelError,
+                                          ["'fc' (Gemm)", "only the backward direction", "bi_0", "h_n[-2]"]),
+    "bidirectional_forward_state_output": (lambda: bidirectional_case("forward_only_output", "GRU"),
+                                           UnsupportedModelError, ["only the forward direction", "'bi_0'"]),
+    "bidirectional_step0": (lambda: bidirectional_case("step0_of_merged_sequence"), UnsupportedModelError,
+                            ["'first_step' (Gather)", "time step 0 of bidirectional layer 'bi_0'"]),
+    "bidirectional_concat_backward_first": (lambda: bidirectional_case("concat_backward_first"),
+                                            UnsupportedModelError, ["'swapped' (Concat)", "[forward, backward]"]),
+    "bidirectional_concat_along_batch": (lambda: bidirectional_case("concat_along_batch"), UnsupportedModelError,
+                                         ["'stacked' (Concat)", "along axis 0"]),
+    "bidirectional_dense_per_direction": (lambda: bidirectional_case("dense_on_unmerged_directions"),
+                                          UnsupportedModelError, ["'per_direction_fc' (MatMul)", "num_directions"]),
+    "bidirectional_reshape_without_transpose": (lambda: bidirectional_case("reshape_without_transpose"),
+                                                UnsupportedModelError, ["'wrong_merge' (Reshape)", "num_directions"]),
+    "bidirectional_sum_of_final_states": (lambda: bidirectional_case("sum_of_final_states", "GRU"),
+                                          UnsupportedModelError, ["'state_sum' (Add)", "whole sequence"]),
+    "bidirectional_mul_merge": (lambda: bidirectional_case("mul_merge"), UnsupportedModelError,
+                                ["'product' (Mul)", "data path"]),
+    # PyTorch's h_n: the layers' final states concatenated
+    "h_n_as_output": (lambda: h_n_case("output"), UnsupportedModelError, ["output", "h_n", "h_n[-1]"]),
+    "h_n_into_gemm": (lambda: h_n_case("gemm_on_all_layers"), UnsupportedModelError, ["'fc' (Gemm)", "h_n"]),
+    "h_n_two_entries": (lambda: h_n_case("slice_two_entries"), UnsupportedModelError,
+                        ["'last_two' (Slice)", "stacked final states"]),
+    "h_n_of_different_widths": (lambda: h_n_case("different_widths"), ModelFormatError,
+                                ["'h_n' (Concat)", "different widths"]),
+    "recurrent_layer_on_one_direction": (lambda: bidirectional_case("recurrent_on_one_direction"),
+                                         UnsupportedModelError, ["'after_forward_only' (LSTM)", "forward direction"]),
 }
 
 
@@ -372,11 +603,11 @@ def test_unreadable_file_names_the_path(tmp_path):
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(ModelFormatError, match="not found"):
         load_model(tmp_path / "absent.onnx")
-    keras = tmp_path / "model.h5"
-    keras.write_bytes(b"")
+    other = tmp_path / "model.pb"
+    other.write_bytes(b"")
     with pytest.raises(UnsupportedModelError) as info:
-        load_model(keras)
-    assert ".h5" in one_line(info.value) and "ONNX (.onnx)" in str(info.value)
+        load_model(other)
+    assert ".pb" in one_line(info.value) and "ONNX (.onnx)" in str(info.value)
 
 
 def test_every_error_is_a_domain_error(tmp_path):

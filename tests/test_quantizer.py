@@ -376,10 +376,12 @@ def test_table_head(activation, table_q, fn):
     s, zp = dense.output_q.scale, dense.output_q.zero_point
     assert zp == round_half_away(-128 + 2.0 / s) == -26
     assert dense.table.shape == (256,) and dense.table.dtype == np.int8
+    # The table holds what TFLM's integer TANH/LOGISTIC compute (checked entry for entry against
+    # tflite-micro in test_tflm_oracle.py); against the real function it is within one output step.
     for q in range(-128, 128):
         v = fn((q - zp) * s) / table_q.scale
         want = min(max(round_half_away(v) + table_q.zero_point, -128), 127)
-        assert int(dense.table[q + 128]) == want, q
+        assert abs(int(dense.table[q + 128]) - want) <= 1, q
     assert int(dense.table[zp + 128]) == round_half_away(fn(0.0) / table_q.scale) + table_q.zero_point
     assert np.all(np.diff(dense.table.astype(np.int64)) >= 0)  # both functions are increasing
 

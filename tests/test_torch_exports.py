@@ -1,4 +1,5 @@
-"""Models exported from PyTorch 2.13 (dynamo and legacy exporters) load and compute right.
+"""Models exported from PyTorch 2.13 (dynamo and legacy exporters) load and compute right:
+LSTM and GRU, stacked, bidirectional, full sequences, out[:, -1] and h_n heads.
 
 The fixtures in tests/fixtures/torch/ come from tests/fixtures/make_torch_fixtures.py; the
 stored `y` is what PyTorch itself computed, so it is an oracle independent of both
@@ -17,7 +18,24 @@ import pytest
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "torch"
 TOL = 1e-5
 
-SUPPORTED = ("lstm1_seq", "lstm2_last_fc", "lstm3_fc_relu_fc_softmax", "lstm1_hn")
+# name -> (the IR's recurrent layers, last_step_from of a last-step model or None for a sequence model)
+EXPECTED = {
+    "lstm1_seq": (("LstmLayer",), None),
+    "lstm2_last_fc": (("LstmLayer", "LstmLayer"), "final_state"),  # forward layers: both selections agree
+    "lstm3_fc_relu_fc_softmax": (("LstmLayer",) * 3, None),
+    "lstm1_hn": (("LstmLayer",), "final_state"),
+    "gru1_seq": (("GruLayer",), None),
+    "gru2_last_fc": (("GruLayer", "GruLayer"), "final_state"),
+    # out[:, -1] of a bidirectional layer: the backward direction after one step
+    "bilstm_last_fc": (("BidirectionalLayer",), "last_index"),
+    # torch.cat([h_n[-2], h_n[-1]], -1): each direction's final state
+    "bigru_hn_fc": (("BidirectionalLayer",), "final_state"),
+    "bilstm2_seq": (("BidirectionalLayer", "BidirectionalLayer"), None),
+    # h_n of a stack: Concat of the layers' Y_h, then its last entry (entries) taken
+    "lstm2_hn_fc": (("LstmLayer", "LstmLayer"), "final_state"),
+    "bigru2_hn_fc": (("BidirectionalLayer", "BidirectionalLayer"), "final_state"),
+}
+SUPPORTED = tuple(EXPECTED)
 EXPORTERS = ("dynamo", "legacy")
 CASES = [pytest.param(name, exporter, id=f"{name}-{exporter}")
          for name in SUPPORTED for exporter in EXPORTERS]
@@ -93,6 +111,38 @@ def test_importer_and_reference_match_torch(name, exporter):
     got = _reference_in_model_layout(forward(model, x), layout)
     assert got.shape == y.shape, f"reference output {got.shape}, torch {y.shape}"
     np.testing.assert_allclose(got, y, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("name, exporter", CASES)
+def test_imported_layers(name, exporter):
+    """The layer kinds and the last-step selection the importer reads from each export."""
+    from lstm_edge.importers import load_model
+    from lstm_edge.ir import BidirectionalLayer, GruLayer
+
+    model = load_model(str(_model_path(name, exporter)))
+    kinds, last_step_from = EXPECTED[name]
+    assert tuple(type(layer).__name__ for layer in model.lstm_layers) == kinds
+    assert model.sequence_output == (last_step_from is None)
+    if last_step_from is not None:
+        assert model.last_step_from == last_step_from
+    for layer in model.lstm_layers:
+        for direction in ((layer.forward, layer.backward) if isinstance(layer, BidirectionalLayer) else (layer,)):
+            assert not direction.reverse
+            if isinstance(direction, GruLayer):  # PyTorch's GRU is ONNX's linear_before_reset=1
+                assert direction.linear_before_reset
+
+
+def test_bidirectional_last_step_selections_differ():
+    """The fixtures tell the two selections apart: with the other one the reference is wrong."""
+    from dataclasses import replace
+
+    from lstm_edge.importers import load_model
+    from lstm_edge.reference import forward
+
+    for name, other in (("bilstm_last_fc", "final_state"), ("bigru_hn_fc", "last_index")):
+        x, y, _ = _io(name)
+        model = replace(load_model(str(_model_path(name, "legacy"))), last_step_from=other)
+        assert np.max(np.abs(forward(model, x) - y)) > 1e-3, name
 
 
 def test_projection_lstm_is_rejected_with_a_clear_error():

@@ -4,25 +4,31 @@ A Data value records the axes of a tensor computed from the model input and the 
 applied to it so far. Plumbing nodes (Transpose, Squeeze, Reshape, ...) only move axes;
 Gather/Slice on the time axis take the last step; Gemm / MatMul(+Add) / activations /
 Softmax add to the dense head. Anything else is refused with one line naming the node.
+
+The outputs of a bidirectional layer carry a num_directions axis (size 2). A Reshape that merges
+it with the features that follow it ([..., 2, H] -> [..., 2H]) gives the per-step
+[forward, backward] concatenation the IR's BidirectionalLayer emits; so does a Gather/Slice of
+each direction followed by a Concat of [forward, backward] along the features.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import onnx
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..ir import Activation, DenseLayer
+from ..ir import Activation, BidirectionalLayer, DenseLayer
 from .onnx_graph import axes_param, describe, int_list, node_attrs, slice_params
-from .onnx_values import (UNIT, Axis, AxisRoles, Blocked, Data, as_shape_vec, index_kind, positions,
-                          shape_of)
+from .onnx_values import (DIRECTIONS, FIRST, LAST, UNIT, Axis, AxisRoles, Blocked, Data, StateStack,
+                          as_shape_vec, index_kind, positions, shape_of)
 
-DATA_PATH_SUPPORT = ("supported: LSTM, Gemm, MatMul, Add (bias), Relu, Tanh, Sigmoid, Softmax, "
-                     "LogSoftmax, Gather/Slice of the last time step, and Transpose, Squeeze, "
-                     "Unsqueeze, Reshape, Flatten, Identity, Cast, Dropout")
+DATA_PATH_SUPPORT = ("supported: LSTM, GRU, Gemm, MatMul, Add (bias), Relu, Tanh, Sigmoid, Softmax, "
+                     "LogSoftmax, Gather/Slice of the last time step or of one direction, Concat of "
+                     "the two directions, and Transpose, Squeeze, Unsqueeze, Reshape, Flatten, "
+                     "Identity, Cast, Dropout")
 
 
 @dataclass
@@ -128,17 +134,37 @@ def _fits(entry, axis: Axis) -> bool:
 def _reshape_error(ctx, node, x: Data, entries) -> UnsupportedModelError:
     target = ", ".join("?" if e.size is None else str(e.size) for e in entries)
     return refuse(node, f"reshapes {ctx.axes_text(x)} to [{target}]; only reshapes that add or remove "
-                        f"size-1 axes are supported (not merging or splitting batch, time and feature)")
+                        f"size-1 axes, or merge num_directions into the features right after it, are "
+                        f"supported (not merging or splitting batch, time and feature)")
+
+
+def _merges_directions(ctx, entry, axes: List[Axis], k: int, last_entry: bool) -> bool:
+    """Does the Reshape target entry merge axes[k] (num_directions) with the features after it,
+    [.., 2, H] -> [.., 2H] (each step's [forward, backward])?"""
+    if k + 1 >= len(axes) or ctx.roles.role(axes[k].label) != "direction" \
+            or ctx.roles.role(axes[k + 1].label) != "feature":
+        return False
+    if entry.label is None and entry.size == -1:
+        return True
+    width = axes[k + 1].size
+    if width is None or entry.size != 2 * width or entry.label not in (None, axes[k].label):
+        return False
+    return not _fits(entry, axes[k]) or last_entry  # [.., 2, 1] -> [.., 2] only as the last entry
 
 
 def reshape_axes(ctx, node, x: Data, entries) -> List[Axis]:
-    """Match a Reshape target to the input axes, in order; meaningful axes must stay whole."""
+    """Match a Reshape target to the input axes, in order; meaningful axes must stay whole, except
+    num_directions and the features after it, which may merge."""
     meaningful = [a for a in x.axes if a.label != UNIT]
     out, k = [], 0
-    for entry in entries:
+    for n, entry in enumerate(entries):
         while k < len(meaningful) and _droppable(ctx, meaningful[k]) and not _fits(entry, meaningful[k]):
             k += 1
-        if k < len(meaningful) and _fits(entry, meaningful[k]):
+        if _merges_directions(ctx, entry, meaningful, k, n == len(entries) - 1):
+            width = meaningful[k + 1].size
+            out.append(Axis(f"feature:{node.output[0]}", 2 * width if width is not None else None))
+            k += 2
+        elif k < len(meaningful) and _fits(entry, meaningful[k]):
             out.append(meaningful[k])
             k += 1
         elif entry.label == UNIT or (entry.label is None and entry.size == 1):
@@ -172,6 +198,10 @@ def op_flatten(ctx, node, inputs) -> list:
     groups, new = (x.axes[:axis], x.axes[axis:]), []
     for group in groups:
         keep = [a for a in group if not _droppable(ctx, a)]
+        if [ctx.roles.role(a.label) for a in keep] == ["direction", "feature"]:  # [2, H] -> [2H]
+            width = keep[1].size
+            new.append(Axis(f"feature:{node.output[0]}", 2 * width if width is not None else None))
+            continue
         if len(keep) > 1:
             raise refuse(node, f"flattens {ctx.axes_text(x)} at axis {axis}, merging "
                                f"{' and '.join(ctx.role(a) for a in keep)}; not supported")
@@ -182,18 +212,59 @@ def op_flatten(ctx, node, inputs) -> list:
 
 # --- taking the last time step -------------------------------------------------------------
 
+def final_state_steps(layer) -> Tuple[str, ...]:
+    """The time step at which each direction of `layer` ends (what Y_h holds): t = T-1 for a
+    forward direction, t = 0 for a reverse one."""
+    if isinstance(layer, BidirectionalLayer):
+        return (LAST, FIRST)
+    return (FIRST,) if layer.reverse else (LAST,)
+
+
+def last_step_from(x: Data) -> str:
+    """ir.FloatModel.last_step_from of a last-step output: "final_state" if each direction was
+    read at its final step (Y_h), "last_index" if all were read at t = T-1 (out[:, -1])."""
+    if x.steps == final_state_steps(x.lstm[-1]):
+        return "final_state"
+    if all(s == LAST for s in x.steps):
+        return "last_index"
+    raise UnsupportedModelError(f"the output reads the directions of layer '{x.lstm[-1].name}' at time "
+                                f"steps {list(x.steps)}; supported are the final states and the last step")
+
+
 def take_last_step(ctx, node, x: Data, kind: str) -> Data:
+    """Record that `node` keeps one time step: kind "last", "first", "only" (T = 1) or "other"."""
     if not x.lstm:
-        raise refuse(node, "selects time steps before the first LSTM; not supported")
+        raise refuse(node, "selects time steps before the first recurrent layer; not supported")
     layer = x.lstm[-1]
-    wanted = "first" if layer.reverse else "last"
-    if kind in (wanted, "only"):
-        return replace(x, last_step=True)
-    if layer.reverse and kind == "last":
-        raise refuse(node, f"takes the last time step of reverse LSTM '{layer.name}', which has seen only "
-                           f"that one step; for a reverse LSTM the final state is step 0 (or Y_h)")
-    raise refuse(node, "selects a time step other than the last one; only the last step "
-                       "(Gather index -1, Slice [-1:], or the LSTM's Y_h output) is supported")
+    if kind == "only":  # a single step: the final states and the last index coincide
+        return replace(x, steps=final_state_steps(layer))
+    if kind not in (LAST, FIRST):
+        raise refuse(node, "selects a time step other than the last one; only the last step "
+                           "(Gather index -1, Slice [-1:], or the layer's Y_h output) is supported")
+    if isinstance(layer, BidirectionalLayer):
+        if x.part is None:
+            if kind == FIRST:
+                raise refuse(node, f"takes time step 0 of bidirectional layer '{layer.name}', where its forward "
+                                   f"direction has seen only one step; supported are the last step (out[:, -1]) "
+                                   f"and the final states (Y_h)")
+            return replace(x, steps=(LAST, LAST))
+        if x.part == "forward" and kind == FIRST:
+            raise refuse(node, f"takes time step 0 of the forward direction of bidirectional layer "
+                               f"'{layer.name}'; only its last step (or Y_h) is supported")
+        steps = list(x.steps or (None, None))
+        steps[DIRECTIONS.index(x.part)] = kind
+        return replace(x, steps=tuple(steps))
+    if kind == FIRST and not layer.reverse:
+        raise refuse(node, "selects a time step other than the last one; only the last step "
+                           "(Gather index -1, Slice [-1:], or the layer's Y_h output) is supported")
+    return replace(x, steps=(kind,))
+
+
+def take_direction(ctx, node, x: Data, kind: str) -> Data:
+    """Keep one direction of a bidirectional output: kind "first" (forward) or "last" (backward)."""
+    if kind not in (FIRST, LAST):
+        raise refuse(node, f"selects both or neither direction of {ctx.axes_text(x)} in an unsupported way")
+    return replace(x, part=DIRECTIONS[0 if kind == FIRST else 1])
 
 
 def op_gather(ctx, node, inputs) -> list:
@@ -205,6 +276,8 @@ def op_gather(ctx, node, inputs) -> list:
     chosen, role = x.axes[axis], ctx.roles.role(x.axes[axis].label)
     if role == "time":
         x = take_last_step(ctx, node, x, index_kind(index[0], chosen.size))
+    elif role == "direction":
+        x = take_direction(ctx, node, x, index_kind(index[0], chosen.size))
     elif not (_droppable(ctx, chosen) and index[0] in (0, -1)):
         raise refuse(node, f"gathers along the {ctx.role(chosen)} axis of {ctx.axes_text(x)}; only "
                            f"taking the last time step or dropping a size-1 axis is supported")
@@ -219,12 +292,115 @@ def op_slice(ctx, node, inputs) -> list:
         kinds = positions(start, end, step, axes[axis].size)
         if kinds == ("all",):
             continue
-        if ctx.roles.role(axes[axis].label) != "time" or len(kinds) != 1:
+        role = ctx.roles.role(axes[axis].label)
+        if role not in ("time", "direction") or len(kinds) != 1:
             raise refuse(node, f"slices the {ctx.role(axes[axis])} axis of {ctx.axes_text(x)}; only "
-                               f"taking the last time step or whole axes is supported")
-        x = take_last_step(ctx, node, x, kinds[0])
+                               f"taking the last time step, one direction or whole axes is supported")
+        x = take_last_step(ctx, node, x, kinds[0]) if role == "time" else take_direction(ctx, node, x, kinds[0])
         axes[axis] = Axis(UNIT, 1)
     return [x.with_axes(axes)]
+
+
+CONCAT_SUPPORT = ("only joining the two directions of a bidirectional layer, [forward, backward] along "
+                  "the features (e.g. torch.cat([h_n[-2], h_n[-1]], -1)), is supported")
+
+
+def op_concat(ctx, node, inputs) -> list:
+    if not all(isinstance(v, Data) for v in inputs):
+        raise refuse(node, f"concatenates {len(inputs)} tensors, not all computed from the model input; "
+                           f"{CONCAT_SUPPORT}")
+    rank = len(inputs[0].axes)
+    axis = node_attrs(node).get("axis")
+    if axis is None or not -rank <= axis < rank or any(len(v.axes) != rank for v in inputs):
+        raise ModelFormatError(f"{describe(node)}: axis {axis} does not fit its inputs of rank "
+                               f"{sorted({len(v.axes) for v in inputs})}")
+    axis %= rank
+    if _stacks_final_states(ctx, inputs, axis):
+        return [_state_stack(ctx, node, inputs, axis)]
+    if len(inputs) != 2:
+        raise refuse(node, f"concatenates {len(inputs)} tensors; {CONCAT_SUPPORT}")
+    first, second = inputs
+    if first.part != "forward" or second.part != "backward" or len(first.lstm) != len(second.lstm) \
+            or first.lstm[-1] is not second.lstm[-1] or first.head or second.head \
+            or first.softmax or second.softmax:
+        raise refuse(node, f"concatenates {_what(first)} and {_what(second)}; {CONCAT_SUPPORT}")
+    same = all(a.label == b.label for k, (a, b) in enumerate(zip(first.axes, second.axes)) if k != axis)
+    if ctx.roles.role(first.axes[axis].label) != "feature" or not same:
+        raise refuse(node, f"concatenates {ctx.axes_text(first)} and {ctx.axes_text(second)} along axis "
+                           f"{axis}; {CONCAT_SUPPORT}")
+    if (first.steps is None) != (second.steps is None):
+        raise refuse(node, f"joins a whole sequence with a single time step; {CONCAT_SUPPORT}")
+    steps = None if first.steps is None else (first.steps[0], second.steps[1])
+    if steps is not None and None in steps:
+        raise refuse(node, f"joins a whole sequence with a single time step; {CONCAT_SUPPORT}")
+    width_a, width_b = first.axes[axis].size, second.axes[axis].size
+    merged = Axis(f"feature:{node.output[0]}", width_a + width_b if None not in (width_a, width_b) else None)
+    axes = first.axes[:axis] + (merged,) + first.axes[axis + 1:]
+    return [replace(first, axes=axes, part=None, steps=steps)]
+
+
+def _stacks_final_states(ctx, inputs, axis: int) -> bool:
+    """Is this Concat stacking Y_h outputs along their num_directions axis (PyTorch's h_n)?"""
+    return all(x.steps is not None and x.part is None and not x.head and not x.softmax
+               and ctx.roles.role(x.axes[axis].label) in ("unit", "direction")
+               and all(a.label == b.label or ctx.roles.role(a.label) == ctx.roles.role(b.label) == "feature"
+                       for k, (a, b) in enumerate(zip(x.axes, inputs[0].axes)) if k != axis)
+               for x in inputs)
+
+
+def _state_stack(ctx, node, inputs, axis: int) -> StateStack:
+    widths = {a.size for x in inputs for a in x.axes if ctx.roles.role(a.label) == "feature"}
+    if len(widths - {None}) > 1:
+        raise ModelFormatError(f"{describe(node)}: concatenates final states of different widths "
+                               f"{sorted(widths - {None})}")
+    slots = []
+    for x in inputs:
+        rest = x.axes[:axis] + x.axes[axis + 1:]
+        if ctx.roles.role(x.axes[axis].label) == "direction":
+            slots += [replace(x, axes=rest, part=part) for part in DIRECTIONS]
+        else:
+            slots.append(replace(x, axes=rest))
+    return StateStack(tuple(slots), axis)
+
+
+STACK_SUPPORT = ("only taking one entry (e.g. h_n[-1], or h_n[-2] and h_n[-1] concatenated) is supported")
+
+
+def stack_op(ctx, node, inputs) -> list:
+    """Gather/Slice of one entry of stacked final states; anything else is refused."""
+    stack = inputs[0] if inputs and isinstance(inputs[0], StateStack) else None
+    if stack is None or node.op_type not in ("Gather", "Slice", "Identity"):
+        raise refuse(node, f"uses the final states of several layers stacked together (PyTorch's h_n); "
+                           f"{STACK_SUPPORT}")
+    if node.op_type == "Identity":
+        return [stack]
+    rank = len(stack.slots[0].axes) + 1
+    count = len(stack.slots)
+    if node.op_type == "Gather":
+        index = int_list(inputs[1]) if len(inputs) > 1 else None
+        axis = node_attrs(node).get("axis", 0) % rank
+        if index is None or len(index) != 1 or axis != stack.axis or not -count <= index[0] < count:
+            raise refuse(node, f"gathers from the stacked final states in an unsupported way; {STACK_SUPPORT}")
+        chosen, keep = stack.slots[index[0]], np.ndim(inputs[1]) != 0
+    else:
+        kept = None
+        for axis, start, end, step in slice_params(node, inputs, ctx.opset, rank):
+            if axis == stack.axis:
+                kept = list(range(count))[slice(start, end, step)]
+            elif positions(start, end, step, None) != ("all",):
+                kept = []
+        if kept is None or len(kept) != 1:
+            raise refuse(node, f"slices the stacked final states in an unsupported way; {STACK_SUPPORT}")
+        chosen, keep = stack.slots[kept[0]], True
+    if keep:
+        chosen = chosen.with_axes(chosen.axes[:stack.axis] + (Axis(UNIT, 1),) + chosen.axes[stack.axis:])
+    return [chosen]
+
+
+def _what(x: Data) -> str:
+    if x.part:
+        return f"the {x.part} direction of '{x.lstm[-1].name}'"
+    return f"the output of '{x.lstm[-1].name}'" if x.lstm else "the model input"
 
 
 # --- dense head ----------------------------------------------------------------------------
@@ -234,6 +410,21 @@ def _check_head_input(node, x: Data) -> None:
         raise refuse(node, "a layer before the first LSTM is not supported")
     if x.softmax:
         raise refuse(node, f"a layer after the final {x.softmax} is not supported")
+    check_directions_merged(node, x)
+
+
+def check_directions_merged(node, x: Data) -> None:
+    """A dense layer, a recurrent layer or the output needs both directions side by side."""
+    if not x.lstm:
+        return
+    name = x.lstm[-1].name
+    if x.part:
+        raise refuse(node, f"reads only the {x.part} direction of bidirectional layer '{name}' (e.g. h_n[-1] of "
+                           f"a bidirectional PyTorch RNN); only both directions, concatenated [forward, backward], "
+                           f"are supported (torch.cat([h_n[-2], h_n[-1]], -1))")
+    if any(a.label.startswith("direction") for a in x.axes):
+        raise refuse(node, f"its input still has the num_directions axis of bidirectional layer '{name}'; "
+                           f"merge it into the features first (Transpose + Reshape to [..., 2*hidden])")
 
 
 def _with_dense(ctx, node, x: Data, w: np.ndarray, b: np.ndarray, feature_at: int) -> Data:
@@ -301,8 +492,28 @@ def op_matmul(ctx, node, inputs) -> list:
     return [_with_dense(ctx, node, x, weight.T, np.zeros(weight.shape[1], np.float32), at)]
 
 
+def sum_directions(ctx, node, first: Data, second: Data) -> Data:
+    """forward + backward of one bidirectional layer: its sum merge (Keras merge_mode="sum")."""
+    layer = first.lstm[-1]
+    if len(first.lstm) != len(second.lstm) or layer is not second.lstm[-1] or first.head or second.head \
+            or first.softmax or second.softmax or len(first.axes) != len(second.axes) \
+            or any(a.label != b.label for a, b in zip(first.axes, second.axes)):
+        raise refuse(node, f"adds {_what(first)} and {_what(second)}; only the two directions of one "
+                           f"bidirectional layer (a sum merge) can be added")
+    if first.steps is not None or second.steps is not None:
+        raise refuse(node, f"adds single time steps of the directions of '{layer.name}'; a sum merge is "
+                           f"supported on the whole sequence (take the last step after the Add)")
+    axes = tuple(Axis(f"feature:{node.output[0]}", a.size) if ctx.roles.role(a.label) == "feature" else a
+                 for a in first.axes)
+    merged = replace(layer, merge="sum")
+    return replace(first, axes=axes, lstm=first.lstm[:-1] + (merged,), part=None)
+
+
 def op_add(ctx, node, inputs) -> list:
     data_slots = [k for k, v in enumerate(inputs[:2]) if isinstance(v, Data)]
+    parts = {inputs[k].part for k in data_slots}
+    if len(data_slots) == 2 and parts == {"forward", "backward"}:
+        return [sum_directions(ctx, node, *sorted(inputs[:2], key=lambda v: v.part != "forward"))]
     if len(data_slots) != 1:
         raise refuse(node, "adds two tensors computed from the input (e.g. a residual connection); "
                            "only a constant bias after MatMul/Gemm is supported")
@@ -365,7 +576,7 @@ DATA_OPS = {
     "Identity": op_identity, "Dropout": op_identity, "Cast": op_identity, "Shape": op_shape,
     "Transpose": op_transpose, "Squeeze": op_squeeze, "Unsqueeze": op_unsqueeze,
     "Reshape": op_reshape, "Flatten": op_flatten, "Gather": op_gather, "Slice": op_slice,
-    "Gemm": op_gemm, "MatMul": op_matmul, "Add": op_add,
+    "Concat": op_concat, "Gemm": op_gemm, "MatMul": op_matmul, "Add": op_add,
     "Relu": op_activation, "Tanh": op_activation, "Sigmoid": op_activation,
     "Softmax": op_softmax, "LogSoftmax": op_softmax,
 }

@@ -6,12 +6,15 @@ followed symbolically, and the tensor computed from the model input (Data) accum
 LSTM layers and dense head that the IR describes. What the walk cannot express in the IR is
 refused with one line naming the node and its op type.
 
-Read: LSTM nodes (forward/reverse, layout 0/1, optional B, absent or zero initial state,
-stacked), a head of Gemm or MatMul(+Add) layers with Relu/Tanh/Sigmoid, per step or on the last
-step (Gather/Slice on the time axis, or Y_h), a final Softmax/LogSoftmax, and the plumbing that
-PyTorch's legacy and dynamo exporters put around them. Refused: bidirectional LSTMs, GRU/RNN,
+Read: LSTM and GRU nodes (forward/reverse/bidirectional, layout 0/1, optional B, absent or zero
+initial state, GRU linear_before_reset 0 and 1, stacked in any mix), a head of Gemm or
+MatMul(+Add) layers with Relu/Tanh/Sigmoid, per step or on the last step (Gather/Slice on the
+time axis: "last_index"; or Y_h: "final_state"), a final Softmax/LogSoftmax, and the plumbing
+that PyTorch's legacy and dynamo exporters put around them (for bidirectional layers: merging
+num_directions into the features, or concatenating the two directions of Y_h). Refused: RNN,
 sequence_lens, peepholes, input_forget, clip, other activations, non-zero initial states,
-proj_size exports (detected by their inconsistent shapes), anything else on the data path.
+proj_size exports (detected by their inconsistent shapes), one direction of a bidirectional layer
+on its own, anything else on the data path.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from onnx import numpy_helper
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..ir import FloatModel
-from .onnx_data_ops import DATA_OPS, DATA_PATH_SUPPORT, ImportContext, refuse
+from .onnx_data_ops import (DATA_OPS, DATA_PATH_SUPPORT, STACK_SUPPORT, ImportContext, last_step_from, refuse,
+                            stack_op)
 from .onnx_graph import DEFAULT_DOMAINS, GraphIndex, describe, first_line, read_model
-from .onnx_lstm import op_lstm
-from .onnx_values import Axis, Blocked, Data, fold_constant_node, shape_op
+from .onnx_lstm import SIDE_INPUT_SLOTS, op_gru, op_lstm
+from .onnx_values import Axis, Blocked, Data, StateStack, fold_constant_node, shape_op
 
-NOT_YET = {"GRU": "GRU", "RNN": "simple RNN"}
+NOT_YET = {"RNN": "simple RNN"}
+RECURRENT_OPS = {"LSTM": op_lstm, "GRU": op_gru}
 LAYOUTS = {("batch", "time", "feature"): "batch_first", ("time", "batch", "feature"): "time_major"}
 
 
@@ -84,11 +89,11 @@ def choose_output(index: GraphIndex, output: Optional[str]) -> str:
 
 def sequence_input(index: GraphIndex, output_name: str) -> onnx.ValueInfoProto:
     """The graph input carrying the sequence: of the inputs the output depends on, the one not
-    used as an LSTM's sequence_lens, initial state or peephole (those are refused later, by the
-    node that reads them)."""
+    used as a recurrent node's sequence_lens, initial state or peephole (those are refused later,
+    by the node that reads them)."""
     needed = index.free_inputs_needed_for(output_name)
-    side = {n.input[k] for n in index.nodes_needed_for(output_name) if n.op_type == "LSTM"
-            for k in range(4, len(n.input))}
+    side = {n.input[k] for n in index.nodes_needed_for(output_name) if n.op_type in SIDE_INPUT_SLOTS
+            for k in SIDE_INPUT_SLOTS[n.op_type] if k < len(n.input)}
     candidates = [name for name in needed if name not in side]
     if not candidates:
         raise UnsupportedModelError(f"'{index.path}': output '{output_name}' does not depend on a sequence input")
@@ -158,9 +163,11 @@ def _dispatch(ctx: ImportContext, node: onnx.NodeProto, inputs: List[object]) ->
         if isinstance(value, Blocked):
             raise refuse(node, f"it uses {value.message}")
     if node.op_type in NOT_YET:
-        raise refuse(node, f"{NOT_YET[node.op_type]} layers are not supported yet; only LSTM")
-    if node.op_type == "LSTM":
-        return op_lstm(ctx, node, inputs)
+        raise refuse(node, f"{NOT_YET[node.op_type]} layers are not supported yet; only LSTM and GRU")
+    if any(isinstance(v, StateStack) for v in inputs):
+        return stack_op(ctx, node, inputs)
+    if node.op_type in RECURRENT_OPS:
+        return RECURRENT_OPS[node.op_type](ctx, node, inputs)
     if any(isinstance(v, Data) for v in inputs):
         handler = DATA_OPS.get(node.op_type)
         if handler is None:
@@ -177,16 +184,25 @@ def _dispatch(ctx: ImportContext, node: onnx.NodeProto, inputs: List[object]) ->
 def _assemble(path: Path, ctx: ImportContext, final, input_name: str, output_name: str) -> OnnxImport:
     if isinstance(final, Blocked):
         raise UnsupportedModelError(f"output '{output_name}' is {final.message}")
+    if isinstance(final, StateStack):
+        raise UnsupportedModelError(f"output '{output_name}' holds the final states of several layers stacked "
+                                    f"together (PyTorch's h_n); {STACK_SUPPORT}")
     if not isinstance(final, Data) or not final.lstm:
-        raise UnsupportedModelError(f"'{path}': output '{output_name}' is not computed by an LSTM from the "
-                                    f"model input; the model must start with an LSTM layer")
+        raise UnsupportedModelError(f"'{path}': output '{output_name}' is not computed by an LSTM or GRU from "
+                                    f"the model input; the model must start with a recurrent layer")
+    if final.part:
+        raise UnsupportedModelError(f"output '{output_name}' is only the {final.part} direction of bidirectional "
+                                    f"layer '{final.lstm[-1].name}'; only both directions, concatenated "
+                                    f"[forward, backward], are supported")
     input_layout = _input_layout(ctx, input_name)
     output_axes = tuple(ctx.roles.role(a.label) for a in final.axes)
     _check_output_axes(output_name, output_axes, final.last_step)
     notes = (f"graph input '{input_name}' is {input_layout.replace('_', '-')}",
              f"graph output '{output_name}' has axes [{', '.join(output_axes)}]")
+    last_step = last_step_from(final) if final.last_step else "final_state"
     model = FloatModel(lstm_layers=final.lstm, head=final.head, sequence_output=not final.last_step,
-                       final_softmax=final.softmax, name=path.stem, source=str(path), notes=notes)
+                       final_softmax=final.softmax, last_step_from=last_step, name=path.stem,
+                       source=str(path), notes=notes)
     return OnnxImport(model, input_name, input_layout, output_name, output_axes)
 
 
@@ -200,14 +216,19 @@ def _input_layout(ctx: ImportContext, input_name: str) -> str:
 
 
 def _check_output_axes(output_name: str, axes: Tuple[str, ...], last_step: bool) -> None:
+    """A raw bidirectional Y or Y_h keeps its num_directions axis ("direction"): the compiled
+    model's features are then [forward, backward], i.e. that axis merged into the features."""
     meaningful = [a for a in axes if a != "unit"]
     # "batch" may be missing when the export fixed it at 1 and squeezed it away.
     allowed = [["batch", "feature"], ["feature"]] if last_step else [
         ["batch", "time", "feature"], ["time", "batch", "feature"], ["time", "feature"]]
+    if meaningful.count("direction") == 1 and "feature" in meaningful \
+            and meaningful.index("direction") < meaningful.index("feature"):
+        meaningful.remove("direction")
     if meaningful not in allowed:
         raise UnsupportedModelError(f"graph output '{output_name}' has axes [{', '.join(axes)}]; supported are "
                                     f"[batch, time, feature], [time, batch, feature] and [batch, feature] "
-                                    f"(plus size-1 axes)")
+                                    f"(plus size-1 axes, and the num_directions axis of a bidirectional layer)")
 
 
 __all__ = ["OnnxImport", "load_onnx", "inspect_onnx", "graph_input_layout"]

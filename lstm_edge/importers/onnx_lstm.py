@@ -1,47 +1,75 @@
-"""ONNX LSTM node -> IR LstmLayer, with every check of what we can compile.
+"""ONNX LSTM and GRU nodes -> IR LstmLayer / GruLayer / BidirectionalLayer, with every check of
+what we can compile.
 
-Inputs by slot (ONNX spec): X, W, R, B, sequence_lens, initial_h, initial_c, P.
-Outputs: Y [T, D, N, H] (layout 0) / [N, T, D, H] (layout 1), Y_h and Y_c [D, N, H] / [N, D, H].
+Inputs by slot (ONNX spec): X, W, R, B, sequence_lens, initial_h, then for LSTM initial_c, P.
+Outputs: Y [T, D, N, H] (layout 0) / [N, T, D, H] (layout 1), Y_h (and the LSTM's Y_c)
+[D, N, H] / [N, D, H]. D (num_directions) is 2 for direction="bidirectional": direction 0 runs
+forward over time, direction 1 over reversed time, and its outputs are stored in input time order.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
 from ..errors import ModelFormatError
-from ..ir import LstmLayer, to_canonical_gate_order
-from .onnx_data_ops import ImportContext, refuse
+from ..ir import BidirectionalLayer, GruLayer, LstmLayer, to_canonical_gate_order
+from .onnx_data_ops import ImportContext, check_directions_merged, final_state_steps, refuse
 from .onnx_graph import describe, node_attrs
 from .onnx_values import UNIT, Axis, Blocked, Data, Fill
 
-DEFAULT_ACTIVATIONS = ["sigmoid", "tanh", "tanh"]
 # Which role each axis of X has, by layout.
 X_ROLES = {0: ("time", "batch", "feature"), 1: ("batch", "time", "feature")}
+DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 PROJ_HINT = ("this is what the PyTorch exporter writes for an LSTM with proj_size (it drops the "
              "projection weights); proj_size is not supported")
 
 
-def check_attributes(node, attrs: dict) -> None:
+@dataclass(frozen=True)
+class CellKind:
+    """What differs between the ONNX LSTM and GRU operators."""
+
+    op: str
+    cell: str  # the `cell` argument of ir.to_canonical_gate_order
+    gates: int
+    activations: Tuple[str, ...]  # the default, per direction
+    states: Tuple[Tuple[str, int], ...]  # initial-state inputs: (name, slot)
+    slots: int  # number of inputs in the spec
+
+
+LSTM = CellKind("LSTM", "lstm", 4, ("sigmoid", "tanh", "tanh"), (("initial_h", 5), ("initial_c", 6)), 8)
+GRU = CellKind("GRU", "gru", 3, ("sigmoid", "tanh"), (("initial_h", 5),), 6)
+KINDS = {"LSTM": LSTM, "GRU": GRU}
+# Inputs of these nodes that are not the sequence (sequence_lens, initial states, peepholes).
+SIDE_INPUT_SLOTS = {"LSTM": range(4, 8), "GRU": range(4, 6), "RNN": range(4, 6)}
+
+
+def check_attributes(node, attrs: dict, kind: CellKind) -> int:
+    """Refuse what cannot be compiled; returns num_directions."""
     direction = attrs.get("direction", "forward")
-    if direction == "bidirectional":
-        raise refuse(node, "direction=bidirectional is not supported yet (forward and reverse are)")
-    if direction not in ("forward", "reverse"):
+    if direction not in DIRECTIONS:
         raise ModelFormatError(f"{describe(node)}: unknown direction '{direction}'")
-    if attrs.get("input_forget", 0):
+    directions = DIRECTIONS[direction]
+    if kind is LSTM and attrs.get("input_forget", 0):
         raise refuse(node, "input_forget=1 (coupled input and forget gates) is not supported")
+    if kind is GRU and attrs.get("linear_before_reset", 0) not in (0, 1):
+        raise ModelFormatError(f"{describe(node)}: linear_before_reset={attrs['linear_before_reset']}; "
+                               f"expected 0 or 1")
     if "clip" in attrs:
         raise refuse(node, f"the clip attribute (cell clipping at {attrs['clip']}) is not supported")
     activations = attrs.get("activations")
-    if activations is not None and [a.lower() for a in activations] != DEFAULT_ACTIVATIONS:
-        raise refuse(node, f"activations {list(activations)} are not supported; only the default "
-                           f"Sigmoid, Tanh, Tanh")
+    default = list(kind.activations)
+    if activations is not None and [a.lower() for a in activations] not in (default, default * directions):
+        shown = ", ".join(a.capitalize() for a in kind.activations)
+        raise refuse(node, f"activations {list(activations)} are not supported; only the default {shown}")
     for extra in ("activation_alpha", "activation_beta"):
         if extra in attrs:
             raise refuse(node, f"the {extra} attribute is not supported (default activations only)")
     if attrs.get("layout", 0) not in X_ROLES:
         raise ModelFormatError(f"{describe(node)}: unknown layout {attrs['layout']}")
+    return directions
 
 
 def _weight(node, inputs, k: int, name: str) -> Optional[np.ndarray]:
@@ -56,19 +84,23 @@ def _weight(node, inputs, k: int, name: str) -> Optional[np.ndarray]:
     return value
 
 
-def hidden_size(node, attrs: dict, w: np.ndarray, r: np.ndarray) -> int:
+def hidden_size(node, attrs: dict, w: np.ndarray, r: np.ndarray, kind: CellKind = LSTM,
+                directions: int = 1) -> int:
     """H from W, checked against R and the hidden_size attribute."""
-    if w.ndim != 3 or w.shape[0] != 1 or w.shape[1] % 4:
-        raise ModelFormatError(f"{describe(node)}: W has shape {list(w.shape)}; expected [1, 4*hidden, input]")
-    hidden = w.shape[1] // 4
+    g = kind.gates
+    if w.ndim != 3 or w.shape[0] != directions or w.shape[1] % g:
+        raise ModelFormatError(f"{describe(node)}: W has shape {list(w.shape)}; expected "
+                               f"[{directions}, {g}*hidden, input] for direction={attrs.get('direction', 'forward')}")
+    hidden = w.shape[1] // g
     declared = attrs.get("hidden_size", hidden)
-    if r.ndim != 3 or r.shape[:2] != (1, 4 * hidden) or r.shape[2] != hidden or declared != hidden:
+    if r.ndim != 3 or r.shape[:2] != (directions, g * hidden) or r.shape[2] != hidden or declared != hidden:
+        hint = f"; {PROJ_HINT}" if kind is LSTM else ""
         raise ModelFormatError(f"{describe(node)}: hidden_size={declared}, W {list(w.shape)} and "
-                               f"R {list(r.shape)} disagree; {PROJ_HINT}")
+                               f"R {list(r.shape)} disagree{hint}")
     return hidden
 
 
-def check_initial_state(node, slot: str, value, hidden: int) -> None:
+def check_initial_state(node, slot: str, value, hidden: int, kind: CellKind = LSTM) -> None:
     """Only a zero initial state is supported; its width must match the weights."""
     if value is None:
         return
@@ -83,8 +115,9 @@ def check_initial_state(node, slot: str, value, hidden: int) -> None:
     if not zero:
         raise refuse(node, f"a non-zero {slot} is not supported yet (only a zero initial state)")
     if width is not None and width != hidden:
+        hint = f"; {PROJ_HINT}" if kind is LSTM else ""
         raise ModelFormatError(f"{describe(node)}: {slot} has {width} features but the weights give "
-                               f"hidden size {hidden}; {PROJ_HINT}")
+                               f"hidden size {hidden}{hint}")
 
 
 def _bind_axes(ctx: ImportContext, node, x: Data, layout: int):
@@ -105,34 +138,63 @@ def _bind_axes(ctx: ImportContext, node, x: Data, layout: int):
 
 def _check_input(node, x: Data) -> None:
     if x.head:
-        raise refuse(node, f"dense layer '{x.head[-1].name}' before an LSTM is not supported; "
-                           f"dense layers may only follow the last LSTM")
+        raise refuse(node, f"dense layer '{x.head[-1].name}' before a recurrent layer is not supported; "
+                           f"dense layers may only follow the last recurrent layer")
     if x.last_step or x.softmax:
-        raise refuse(node, "its input is a single time step or a softmax; an LSTM must read the full sequence")
+        raise refuse(node, "its input is a single time step or a softmax; a recurrent layer must read "
+                           "the full sequence")
+    check_directions_merged(node, x)
 
 
-def lstm_layer(node, attrs, inputs, name: str, input_width: Optional[int]) -> LstmLayer:
+def _direction_layer(attrs, kind: CellKind, w, r, b, d: int, hidden: int, name: str, reverse: bool = False):
+    """The layer of direction d, gates in canonical order."""
+    w_x = to_canonical_gate_order(w[d], "onnx", cell=kind.cell)
+    w_h = to_canonical_gate_order(r[d], "onnx", cell=kind.cell)
+    split = kind.gates * hidden
+    b_x = to_canonical_gate_order(b[d, :split], "onnx", cell=kind.cell)
+    b_h = to_canonical_gate_order(b[d, split:], "onnx", cell=kind.cell)
+    if kind is GRU:  # Wb and Rb stay apart (the recurrent bias of n is inside r's product)
+        return GruLayer(w_x=w_x, w_h=w_h, b_x=b_x, b_h=b_h,
+                        linear_before_reset=bool(attrs.get("linear_before_reset", 0)), reverse=reverse, name=name)
+    return LstmLayer(w_x=w_x, w_h=w_h, bias=b_x + b_h, reverse=reverse, name=name)  # the IR keeps Wb + Rb as one bias
+
+
+def recurrent_layer(node, attrs, inputs, kind: CellKind, name: str, input_width: Optional[int]):
+    """The IR layer of an LSTM or GRU node: one direction (reverse=True for direction="reverse")
+    or a BidirectionalLayer (concat merge, as ONNX stores [forward, backward] per step)."""
+    directions = DIRECTIONS[attrs.get("direction", "forward")]
     w, r = _weight(node, inputs, 1, "W"), _weight(node, inputs, 2, "R")
     if w is None or r is None:
         raise ModelFormatError(f"{describe(node)}: W and R are required")
-    hidden = hidden_size(node, attrs, w, r)
+    hidden = hidden_size(node, attrs, w, r, kind, directions)
     if input_width is not None and input_width != w.shape[2]:
         raise ModelFormatError(f"{describe(node)}: its input has {input_width} features but W expects {w.shape[2]}")
     b = _weight(node, inputs, 3, "B")
+    bias_width = 2 * kind.gates * hidden
     if b is None:
-        b = np.zeros((1, 8 * hidden), np.float32)
-    if b.shape != (1, 8 * hidden):
-        raise ModelFormatError(f"{describe(node)}: B has shape {list(b.shape)}; expected [1, {8 * hidden}]")
-    bias = b[0, :4 * hidden] + b[0, 4 * hidden:]  # the IR keeps Wb + Rb as one bias
-    return LstmLayer(w_x=to_canonical_gate_order(w[0], "onnx"), w_h=to_canonical_gate_order(r[0], "onnx"),
-                     bias=to_canonical_gate_order(bias, "onnx"),
-                     reverse=attrs.get("direction", "forward") == "reverse", name=name)
+        b = np.zeros((directions, bias_width), np.float32)
+    if b.shape != (directions, bias_width):
+        raise ModelFormatError(f"{describe(node)}: B has shape {list(b.shape)}; expected [{directions}, {bias_width}]")
+    if directions == 2:
+        forward = _direction_layer(attrs, kind, w, r, b, 0, hidden, f"{name}.forward")
+        backward = _direction_layer(attrs, kind, w, r, b, 1, hidden, f"{name}.backward")
+        return BidirectionalLayer(forward=forward, backward=backward, merge="concat", name=name)
+    return _direction_layer(attrs, kind, w, r, b, 0, hidden, name,
+                            reverse=attrs.get("direction", "forward") == "reverse")
 
 
 def op_lstm(ctx: ImportContext, node, inputs) -> list:
+    return op_recurrent(ctx, node, inputs, LSTM)
+
+
+def op_gru(ctx: ImportContext, node, inputs) -> list:
+    return op_recurrent(ctx, node, inputs, GRU)
+
+
+def op_recurrent(ctx: ImportContext, node, inputs, kind: CellKind) -> list:
     attrs = node_attrs(node)
-    check_attributes(node, attrs)
-    inputs = list(inputs) + [None] * (8 - len(inputs))
+    directions = check_attributes(node, attrs, kind)
+    inputs = list(inputs) + [None] * (kind.slots - len(inputs))
     if not isinstance(inputs[0], Data):
         raise refuse(node, "its input X must be computed from the model input")
     x = inputs[0]
@@ -141,23 +203,29 @@ def op_lstm(ctx: ImportContext, node, inputs) -> list:
         raise refuse(node, "the sequence_lens input is not supported (all sequences have the full length)")
     layout = attrs.get("layout", 0)
     time, batch, feature = _bind_axes(ctx, node, x, layout)
-    layer = lstm_layer(node, attrs, inputs, node.name or f"lstm{ctx.lstm_count}", feature.size)
-    peephole = _weight(node, inputs, 7, "P")
-    if peephole is not None and np.any(peephole):
-        raise refuse(node, "peephole weights P are not supported")
-    for slot, k in (("initial_h", 5), ("initial_c", 6)):
-        check_initial_state(node, slot, inputs[k], layer.hidden_size)
+    default_name = f"{kind.cell}{ctx.lstm_count}"
+    layer = recurrent_layer(node, attrs, inputs, kind, node.name or default_name, feature.size)
+    if kind is LSTM:
+        peephole = _weight(node, inputs, 7, "P")
+        if peephole is not None and np.any(peephole):
+            raise refuse(node, "peephole weights P are not supported")
+    hidden = layer.forward.hidden_size if directions == 2 else layer.hidden_size
+    for slot, k in kind.states:
+        check_initial_state(node, slot, inputs[k], hidden, kind)
     ctx.lstm_count += 1
-    return _outputs(node, x, layer, layout, time, batch)
+    return _outputs(node, x, layer, layout, time, batch, hidden, directions, kind)
 
 
-def _outputs(node, x: Data, layer: LstmLayer, layout: int, time: Axis, batch: Axis) -> list:
-    hidden = Axis(f"feature:{node.output[0] or node.name}", layer.hidden_size)
-    unit = Axis(UNIT, 1)
+def _outputs(node, x: Data, layer, layout: int, time: Axis, batch: Axis, hidden_width: int,
+             directions: int, kind: CellKind) -> list:
+    hidden = Axis(f"feature:{node.output[0] or node.name}", hidden_width)
+    dirs = Axis(f"direction:{node.output[0] or node.name}", 2) if directions == 2 else Axis(UNIT, 1)
     stack = x.lstm + (layer,)
     if layout == 0:
-        y, y_h = (time, unit, batch, hidden), (unit, batch, hidden)
+        y, y_h = (time, dirs, batch, hidden), (dirs, batch, hidden)
     else:
-        y, y_h = (batch, time, unit, hidden), (batch, unit, hidden)
-    return [Data(y, stack), Data(y_h, stack, last_step=True),
-            Blocked(f"Y_c (the final cell state) of {describe(node)}; only Y and Y_h are supported")]
+        y, y_h = (batch, time, dirs, hidden), (batch, dirs, hidden)
+    results = [Data(y, stack), Data(y_h, stack, steps=final_state_steps(layer))]
+    if kind is LSTM:
+        results.append(Blocked(f"Y_c (the final cell state) of {describe(node)}; only Y and Y_h are supported"))
+    return results

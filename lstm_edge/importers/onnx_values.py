@@ -9,6 +9,7 @@ A value is one of:
   * Fill: a tensor of one repeated value and a computed shape (ConstantOfShape, Expand):
     how exporters build zero initial states;
   * Data: a tensor computed from the model input (see onnx_data_ops);
+  * StateStack: the final states of several layers concatenated (PyTorch's h_n);
   * Blocked: a value the importer cannot follow; using it is an error.
 """
 
@@ -22,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..ir import DenseLayer, LstmLayer
+from ..ir import DenseLayer
 from .onnx_graph import axes_param, describe, first_line, int_list, node_attrs, slice_params
 
 UNIT = "unit"  # label of a size-1 axis that carries no meaning (num_directions, kept last step)
@@ -60,28 +61,57 @@ class Blocked:
 class Axis:
     """An axis of a Data tensor. Labels: 'in0'..'in2' for the model input's axes (which is time,
     batch or feature is learnt from the first LSTM), 'feature:<value>' for features computed by a
-    layer, UNIT for meaningless size-1 axes."""
+    layer, 'direction:<value>' for the num_directions axis (size 2) of a bidirectional layer's
+    outputs, UNIT for meaningless size-1 axes."""
 
     label: str
     size: Optional[int]
 
 
+# Which time step each direction of the last recurrent layer was read at, when a last-step
+# model takes one step: "last" (t = T-1) or "first" (t = 0); None while not taken.
+LAST, FIRST = "last", "first"
+DIRECTIONS = ("forward", "backward")
+
+
 @dataclass(frozen=True)
 class Data:
-    """A tensor computed from the model input: its axes and the layers applied to it so far."""
+    """A tensor computed from the model input: its axes and the layers applied to it so far.
+
+    steps: with a time step taken (last-step models), the step read for each direction of the
+    last recurrent layer (one entry, or two for a bidirectional layer: forward, backward); None
+    for whole sequences. part: "forward" or "backward" when only that direction of a
+    bidirectional layer's output is kept (a Gather/Slice on its num_directions axis); the two
+    parts are joined again by a Concat along the features."""
 
     axes: Tuple[Axis, ...]
-    lstm: Tuple[LstmLayer, ...] = ()
+    lstm: Tuple[object, ...] = ()  # LstmLayer, GruLayer, BidirectionalLayer
     head: Tuple[DenseLayer, ...] = ()
-    last_step: bool = False
+    steps: Optional[Tuple[Optional[str], ...]] = None
+    part: Optional[str] = None
     softmax: Optional[str] = None
 
     def with_axes(self, axes) -> "Data":
         return replace(self, axes=tuple(axes))
 
     @property
+    def last_step(self) -> bool:
+        return self.steps is not None and any(s is not None for s in self.steps)
+
+    @property
     def dims(self) -> Tuple[Dim, ...]:
         return tuple(Dim(a.size, a.label) for a in self.axes)
+
+
+@dataclass(frozen=True)
+class StateStack:
+    """Final states of several layers stacked along one axis: PyTorch's h_n of a multi-layer RNN,
+    which exporters build as a Concat of the layers' Y_h. slots[k] is entry k of that axis (one
+    per layer, two per bidirectional layer), with the axis removed; a Gather or Slice that keeps
+    one entry turns it back into a Data value."""
+
+    slots: Tuple[Data, ...]
+    axis: int
 
 
 class AxisRoles:
@@ -95,6 +125,8 @@ class AxisRoles:
             return "unit"
         if label.startswith("feature"):
             return "feature"
+        if label.startswith("direction"):
+            return "direction"
         return self.bound.get(label)
 
 

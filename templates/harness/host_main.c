@@ -11,20 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define STR_(x) #x
-#define STR(x) STR_(x)
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#include STR(MODEL.h)
-
-#define INPUT_SIZE CAT(MODEL_UPPER, _INPUT_SIZE)
-#define OUTPUT_SIZE CAT(MODEL_UPPER, _OUTPUT_SIZE)
-#define SEQUENCE_OUTPUT CAT(MODEL_UPPER, _SEQUENCE_OUTPUT)
+#include "harness_model.h"
 
 int main(int argc, char **argv)
 {
     CAT(MODEL, _state_t) state;
-    long n, t, count, steps;
+    long n, count, steps;
     int step_mode;
     size_t in_len, out_len;
     int8_t *in;
@@ -51,9 +43,15 @@ int main(int argc, char **argv)
         }
         CAT(MODEL, _reset)(&state);
         if (step_mode) {
+#if STREAMING
+            long t;
             for (t = 0; t < steps; ++t) {
                 CAT(MODEL, _step)(&state, in + t * INPUT_SIZE, out + t * OUTPUT_SIZE);
             }
+#else
+            fprintf(stderr, "a window model has no step()\n");
+            return 6;
+#endif
         } else {
             CAT(MODEL, _run)(&state, in, (int32_t)steps, out);
         }

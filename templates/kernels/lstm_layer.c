@@ -5,14 +5,19 @@
 
 enum { GATE_INPUT = 0, GATE_FORGET = 1, GATE_CELL = 2, GATE_OUTPUT = 3, GATE_COUNT = 4 };
 
-/* Everything the step needs, computed offline by the quantizer; read-only. */
+/* Everything the step needs, computed offline by the quantizer; read-only. The weights are laid out
+ * offline for this kernel (lstm_edge/codegen.py, lstm_unit_blocks): unit by unit, then in blocks of
+ * 4 columns, then gate by gate, so one pass over x (or h) feeds the four gate rows of a unit, and
+ * stored offset by 128 (unsigned bytes, which every core loads in one instruction):
+ *   weights[j][b][g][r] = W_g[j][4b + r] + 128,  columns padded to a multiple of 4.
+ * sum_k W[k] v[k] is then sum_k weights[k] v[k] - 128 sum_k v[k], the last term once per vector. */
 typedef struct {
     int32_t input_size;
     int32_t hidden_size;
-    const int8_t *input_weights;     /* [4][H][I], symmetric int8 */
-    const int8_t *recurrent_weights; /* [4][H][H], symmetric int8 */
-    const int32_t *input_bias;       /* [4][H]: bias - zp_x * row sums of input_weights */
-    const int32_t *recurrent_bias;   /* [4][H]: - zp_h * row sums of recurrent_weights */
+    const uint8_t *input_weights;     /* [H][ceil(I/4)][4][4], symmetric int8 + 128 */
+    const uint8_t *recurrent_weights; /* [H][ceil(H/4)][4][4], symmetric int8 + 128 */
+    const int32_t *input_bias;        /* [H][4]: bias - zp_x * row sums of the int8 input weights */
+    const int32_t *recurrent_bias;    /* [H][4]: - zp_h * row sums of the int8 recurrent weights */
     requant_t input_requant[GATE_COUNT];     /* s_x * s_Wx / 2^-12 */
     requant_t recurrent_requant[GATE_COUNT]; /* s_h * s_Wh / 2^-12 */
     requant_t forget_cell_requant;           /* 2^-15: f (Q0.15) * c -> c */
@@ -23,18 +28,173 @@ typedef struct {
     int16_t cell_clip;       /* 0: no clip */
 } lstm_layer_params_t;
 
-/* pre_g[j] = sat16( sat16(RQ(Bx + Wx x, Mx)) + sat16(RQ(Bh + Wh h, Mh)) ), in Q3.12.
- * Each term is saturated on its own before the add, as TFLite-Micro's two int16 FULLY_CONNECTEDs. */
-static int16_t lstm_gate_preactivation(const lstm_layer_params_t *p, int32_t gate, int32_t unit,
-                                       const int8_t *x, const int8_t *h)
+/* The weight arrays are word-aligned where the compiler can be told so: the DSP path then loads two
+ * words per instruction (blocks are 16 bytes, so every block stays aligned). */
+#if defined(__GNUC__)
+#define LSTM_WEIGHTS_ALIGNED __attribute__((aligned(4)))
+#define LSTM_ASSUME_ALIGNED(p) ((const uint8_t *)__builtin_assume_aligned((p), 4))
+#else
+#define LSTM_WEIGHTS_ALIGNED
+#define LSTM_ASSUME_ALIGNED(p) (p)
+#endif
+
+#if defined(__ARM_FEATURE_DSP) && !defined(__ARM_BIG_ENDIAN)
+/* Cortex-M4/M7/M33...: SIMD multiply-accumulate through the compiler's ACLE intrinsics. */
+#include <arm_acle.h>
+#include <string.h>
+
+/* UXTB16: clang declares it on signed words, gcc (and the ACLE) on unsigned ones. */
+#if defined(__clang__)
+#define lstm_uxtb16(x) ((int32_t)__uxtb16((int32_t)(x)))
+#else
+#define lstm_uxtb16(x) ((int32_t)__uxtb16(x))
+#endif
+
+/* Bytes 1 and 3 of a word, extended to two 16-bit lanes: one SXTB16/UXTB16 with its rotation (GNU C
+ * compilers do not fuse the rotate into the intrinsic by themselves). */
+#if defined(__GNUC__)
+static inline int32_t lstm_sxtb16_ror8(uint32_t x)
 {
-    const int32_t row = gate * p->hidden_size + unit;
-    const int32_t ax = dot_s8(p->input_weights + row * p->input_size, x, p->input_size, p->input_bias[row]);
-    const int32_t ah = dot_s8(p->recurrent_weights + row * p->hidden_size, h, p->hidden_size,
-                              p->recurrent_bias[row]);
-    const int16_t from_input = saturate_int16(multiply_by_quantized_multiplier(ax, p->input_requant[gate]));
-    const int16_t from_hidden = saturate_int16(multiply_by_quantized_multiplier(ah, p->recurrent_requant[gate]));
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+
+static inline int32_t lstm_uxtb16_ror8(uint32_t x)
+{
+    int32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#else
+#define lstm_sxtb16_ror8(x) __sxtb16((int32_t)(((x) >> 8) | ((x) << 24)))
+#define lstm_uxtb16_ror8(x) lstm_uxtb16(((x) >> 8) | ((x) << 24))
+#endif
+
+/* One block: 4 columns x 4 gates. SMLAD adds two 16x16 products: columns 0 and 2 (U/SXTB16), then
+ * columns 1 and 3 (after rotating by 8), unsigned weights times signed v. */
+#define LSTM_DSP_GATE(word, even, odd, s) \
+    s = __smlad(lstm_uxtb16_ror8(word), odd, __smlad(lstm_uxtb16(word), even, s))
+#define LSTM_DSP_BLOCK(w, v, s0, s1, s2, s3)                                                        \
+    do {                                                                                        \
+        const uint8_t *wa_ = LSTM_ASSUME_ALIGNED(w);                                            \
+        uint32_t xv_, w0_, w1_, w2_, w3_;                                                       \
+        int32_t even_, odd_;                                                                    \
+        memcpy(&xv_, (v), 4);                                                                   \
+        memcpy(&w0_, wa_, 4);                                                                   \
+        memcpy(&w1_, wa_ + 4, 4);                                                               \
+        memcpy(&w2_, wa_ + 8, 4);                                                               \
+        memcpy(&w3_, wa_ + 12, 4);                                                              \
+        even_ = __sxtb16((int32_t)xv_);                                                         \
+        odd_ = lstm_sxtb16_ror8(xv_);                                                           \
+        LSTM_DSP_GATE(w0_, even_, odd_, s0);                                                    \
+        LSTM_DSP_GATE(w1_, even_, odd_, s1);                                                    \
+        LSTM_DSP_GATE(w2_, even_, odd_, s2);                                                    \
+        LSTM_DSP_GATE(w3_, even_, odd_, s3);                                                    \
+    } while (0)
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__thumb__) && !defined(__thumb2__) && __ARM_ARCH >= 6
+/* Cortex-M0/M0+/M23 (16-bit Thumb only, no multiply-accumulate): one block in assembly, so the four
+ * sums, the weight and v pointers and two temporaries stay in registers (gcc spills them otherwise).
+ * Per column: LDRB+SXTB of v, then per gate LDRB (unsigned weight), MULS, ADD. It reads memory: the
+ * "memory" clobber keeps the compiler from moving stores across it. */
+#if defined(__ARM_ASM_SYNTAX_UNIFIED__)
+#define LSTM_T1_MUL "muls"
+#else
+#define LSTM_T1_MUL "mul" /* gcc's default divided syntax for Thumb-1 inline assembly */
+#endif
+#define LSTM_T1_COLUMN(c)                                                                          \
+    "ldrb %[x], [%[v], #" #c "]\n\t"                                                                \
+    "sxtb %[x], %[x]\n\t"                                                                           \
+    "ldrb %[t], [%[w], #" #c "]\n\t" LSTM_T1_MUL " %[t], %[x]\n\tadd %[a0], %[t]\n\t"                 \
+    "ldrb %[t], [%[w], #4+" #c "]\n\t" LSTM_T1_MUL " %[t], %[x]\n\tadd %[a1], %[t]\n\t"               \
+    "ldrb %[t], [%[w], #8+" #c "]\n\t" LSTM_T1_MUL " %[t], %[x]\n\tadd %[a2], %[t]\n\t"               \
+    "ldrb %[t], [%[w], #12+" #c "]\n\t" LSTM_T1_MUL " %[t], %[x]\n\tadd %[a3], %[t]\n\t"
+#define LSTM_T1_BLOCK(w, v, a0, a1, a2, a3)                                                         \
+    do {                                                                                        \
+        int32_t x_, t_;                                                                         \
+        __asm__(LSTM_T1_COLUMN(0) LSTM_T1_COLUMN(1) LSTM_T1_COLUMN(2) LSTM_T1_COLUMN(3)         \
+                : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [x] "=&l"(x_),    \
+                  [t] "=&l"(t_)                                                                 \
+                : [w] "l"(w), [v] "l"(v)                                                        \
+                : "cc", "memory");                                                              \
+    } while (0)
+#endif
+
+/* sum_k v[k] (for the weights' offset of 128). */
+static int32_t lstm_sum_s8(const int8_t *v, int32_t n)
+{
+    int32_t sum = 0;
+    int32_t k;
+    for (k = 0; k < n; ++k) {
+        sum += v[k];
+    }
+    return sum;
+}
+
+/* acc[g] = bias[g] - offset + sum_k (W_g[k] + 128) v[k] over k < n, for the four gates of one unit;
+ * w: that unit's blocks, offset: 128 sum(v). Exact integer sums (the code generator bounds every partial
+ * sum to int32), so every path gives the same bits; only the order of the additions differs. */
+static void lstm_gate_dots(const uint8_t *w, const int8_t *v, int32_t n, const int32_t bias[GATE_COUNT],
+                           int32_t offset, int32_t acc[GATE_COUNT])
+{
+    const int8_t *const whole = v + (n & ~(int32_t)3);
+    const int8_t *const end = v + n;
+    int32_t a0 = bias[0] - offset, a1 = bias[1] - offset, a2 = bias[2] - offset, a3 = bias[3] - offset;
+#if defined(LSTM_DSP_BLOCK)
+    for (; v < whole; v += 4, w += 16) {
+        LSTM_DSP_BLOCK(w, v, a0, a1, a2, a3);
+    }
+#elif defined(LSTM_T1_BLOCK)
+    for (; v < whole; v += 4, w += 16) {
+        LSTM_T1_BLOCK(w, v, a0, a1, a2, a3);
+    }
+#else
+    for (; v < whole; v += 4, w += 16) {
+        const int32_t v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
+        a0 += w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3;
+        a1 += w[4] * v0 + w[5] * v1 + w[6] * v2 + w[7] * v3;
+        a2 += w[8] * v0 + w[9] * v1 + w[10] * v2 + w[11] * v3;
+        a3 += w[12] * v0 + w[13] * v1 + w[14] * v2 + w[15] * v3;
+    }
+#endif
+    for (; v < end; ++v, ++w) { /* the last, padded block: column k is byte k % 4 of each gate */
+        const int32_t vk = *v;
+        a0 += w[0] * vk;
+        a1 += w[4] * vk;
+        a2 += w[8] * vk;
+        a3 += w[12] * vk;
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* sat16( sat16(RQ(ax, Mx)) + sat16(RQ(ah, Mh)) ): each term is saturated on its own before the add, as
+ * TFLite-Micro's two int16 FULLY_CONNECTEDs. */
+static int16_t lstm_gate_sum(int32_t ax, int32_t ah, requant_t mx, requant_t mh)
+{
+    const int16_t from_input = saturate_int16(multiply_by_quantized_multiplier(ax, mx));
+    const int16_t from_hidden = saturate_int16(multiply_by_quantized_multiplier(ah, mh));
     return saturate_int16((int32_t)from_input + (int32_t)from_hidden);
+}
+
+/* pre_g = sat16( sat16(RQ(Bx + Wx x, Mx)) + sat16(RQ(Bh + Wh h, Mh)) ) in Q3.12 for the four gates of one
+ * unit. x_offset = 128 sum(x) and h_offset = 128 sum(h) undo the weights' offset. */
+static void lstm_gate_preactivation(const lstm_layer_params_t *p, int32_t unit, const int8_t *x, const int8_t *h,
+                                    int32_t x_offset, int32_t h_offset, int16_t pre[GATE_COUNT])
+{
+    int32_t ax[GATE_COUNT], ah[GATE_COUNT];
+    lstm_gate_dots(p->input_weights + unit * GATE_COUNT * ((p->input_size + 3) & ~3), x, p->input_size,
+                   p->input_bias + unit * GATE_COUNT, x_offset, ax);
+    lstm_gate_dots(p->recurrent_weights + unit * GATE_COUNT * ((p->hidden_size + 3) & ~3), h, p->hidden_size,
+                   p->recurrent_bias + unit * GATE_COUNT, h_offset, ah);
+    pre[0] = lstm_gate_sum(ax[0], ah[0], p->input_requant[0], p->recurrent_requant[0]);
+    pre[1] = lstm_gate_sum(ax[1], ah[1], p->input_requant[1], p->recurrent_requant[1]);
+    pre[2] = lstm_gate_sum(ax[2], ah[2], p->input_requant[2], p->recurrent_requant[2]);
+    pre[3] = lstm_gate_sum(ax[3], ah[3], p->input_requant[3], p->recurrent_requant[3]);
 }
 
 /* c = clip( sat16( sat16(RQ(f * c_prev)) + sat16(RQ(i * g)) ) ) */
@@ -64,12 +224,17 @@ static int8_t lstm_hidden_output(const lstm_layer_params_t *p, int16_t output_ga
  * so new values go to h_next (H bytes, caller-owned) and replace h at the end. c is updated in place. */
 static void lstm_layer_step(const lstm_layer_params_t *p, const int8_t *x, int8_t *h, int16_t *c, int8_t *h_next)
 {
+    const int32_t x_offset = 128 * lstm_sum_s8(x, p->input_size);
+    const int32_t h_offset = 128 * lstm_sum_s8(h, p->hidden_size);
     int32_t j;
     for (j = 0; j < p->hidden_size; ++j) {
-        const int16_t i_gate = sigmoid_q15(lstm_gate_preactivation(p, GATE_INPUT, j, x, h));
-        const int16_t f_gate = sigmoid_q15(lstm_gate_preactivation(p, GATE_FORGET, j, x, h));
-        const int16_t g_gate = tanh_q15(lstm_gate_preactivation(p, GATE_CELL, j, x, h), 0);
-        const int16_t o_gate = sigmoid_q15(lstm_gate_preactivation(p, GATE_OUTPUT, j, x, h));
+        int16_t pre[GATE_COUNT];
+        int16_t i_gate, f_gate, g_gate, o_gate;
+        lstm_gate_preactivation(p, j, x, h, x_offset, h_offset, pre);
+        i_gate = sigmoid_q15(pre[GATE_INPUT]);
+        f_gate = sigmoid_q15(pre[GATE_FORGET]);
+        g_gate = tanh_q15(pre[GATE_CELL], 0);
+        o_gate = sigmoid_q15(pre[GATE_OUTPUT]);
         c[j] = lstm_cell_update(p, c[j], f_gate, i_gate, g_gate);
         h_next[j] = lstm_hidden_output(p, o_gate, c[j]);
     }
