@@ -156,7 +156,7 @@ def calibrate(model: FloatModel, data: np.ndarray, method: str = "minmax", perce
     ranges = _minmax_pass(model, data, batch_size, lambda d: report(d, 0))
     if method == "percentile":
         ranges = _percentile_pass(model, data, batch_size, lambda d: report(d, 1), ranges, percentile)
-    L, D = len(model.lstm_layers), len(model.head)
+    L, D = len(model.recurrent_layers), len(model.head)
     it = iter(ranges)
     take = lambda k: tuple(next(it) for _ in range(k))  # noqa: E731
     inp, hidden, cell, pre, out = take(1)[0], take(L), take(L), take(D), take(D)

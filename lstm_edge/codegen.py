@@ -176,7 +176,7 @@ def _dense_context(dense) -> dict:
 def _recurrent_contexts(model: QuantizedModel) -> List[dict]:
     """One context per unidirectional layer; a bidirectional layer k gives "kf" and "kb"."""
     contexts = []
-    for k, layer in enumerate(model.lstm_layers):
+    for k, layer in enumerate(model.recurrent_layers):
         source = "in" if k == 0 else f"s->hidden_{k - 1}"
         if isinstance(layer, QBidirectionalLayer):
             contexts += [_layer_context(f"{k}f", layer.forward, source), _layer_context(f"{k}b", layer.backward, source)]
@@ -198,7 +198,7 @@ def window_run_body(model: QuantizedModel, name: str) -> List[str]:
     lines: List[str] = []
     src, src_width = "in", model.input_size
     buffers = ("s->window_a", "s->window_b")
-    for k, layer in enumerate(model.lstm_layers):
+    for k, layer in enumerate(model.recurrent_layers):
         dst, width = buffers[k % 2], layer.hidden_size
         lines.append(f"/* layer {k}: {src} -> {dst} */")
         directions = [(f"{k}f", layer.forward, 0, False), (f"{k}b", layer.backward, layer.forward.hidden_size, True)] \
@@ -207,18 +207,18 @@ def window_run_body(model: QuantizedModel, name: str) -> List[str]:
             ctx = _layer_context(tag, part, f"{src} + t * {src_width}")
             lines += _direction_loop(ctx["step"], f"s->hidden_{tag}", part.hidden_size, dst, width, offset, reverse)
         src, src_width = dst, width
-    last = model.lstm_layers[-1]
+    last = model.recurrent_layers[-1]
     if model.sequence_output:
         lines += ["for (t = 0; t < steps; ++t) {",
                   f"    {name}_head({src} + t * {src_width}, out + t * {model.output_size});", "}"]
     elif model.last_step_from == "last_index":
         lines.append(f"{name}_head({src} + (steps - 1) * {src_width}, out);")
     elif isinstance(last, QBidirectionalLayer):  # final states: forward after t = T-1, backward after t = 0
-        k, half = len(model.lstm_layers) - 1, last.forward.hidden_size
+        k, half = len(model.recurrent_layers) - 1, last.forward.hidden_size
         lines += [f"for (j = 0; j < {half}; ++j) {{", f"    final_state[j] = s->hidden_{k}f[j];",
                   f"    final_state[{half} + j] = s->hidden_{k}b[j];", "}", f"{name}_head(final_state, out);"]
     else:
-        lines.append(f"{name}_head(s->hidden_{len(model.lstm_layers) - 1}, out);")
+        lines.append(f"{name}_head(s->hidden_{len(model.recurrent_layers) - 1}, out);")
     return lines
 
 
@@ -249,7 +249,7 @@ def layer_label(layer) -> str:
 
 
 def summary(model: QuantizedModel) -> str:
-    sizes = " -> ".join([str(model.input_size)] + [layer_label(l) for l in model.lstm_layers]
+    sizes = " -> ".join([str(model.input_size)] + [layer_label(l) for l in model.recurrent_layers]
                         + [f"Dense({d.output_size}{'' if d.activation.value == 'none' else ', ' + d.activation.value})"
                            for d in model.head])
     window = "" if model.streaming else f"; windows of up to {model.max_steps} steps"
@@ -282,10 +282,10 @@ def render(model: QuantizedModel) -> Dict[str, str]:
         output_scale=c_float(model.output_q.scale), output_zero_point=model.output_q.zero_point,
         state_bytes=model.state_bytes, kernels=kernels,
         layers=_recurrent_contexts(model), streaming=model.streaming, max_steps=model.max_steps,
-        window_width=max(l.hidden_size for l in model.lstm_layers),
+        window_width=max(l.hidden_size for l in model.recurrent_layers),
         window_run=[] if model.streaming else window_run_body(model, name),
-        final_width=model.lstm_layers[-1].hidden_size, last_step_from=model.last_step_from,
-        final_bidirectional=isinstance(model.lstm_layers[-1], QBidirectionalLayer),
+        final_width=model.recurrent_layers[-1].hidden_size, last_step_from=model.last_step_from,
+        final_bidirectional=isinstance(model.recurrent_layers[-1], QBidirectionalLayer),
         head=[_dense_context(d) for d in model.head], head_calls=calls, head_buffers=buffers,
         max_hidden=max(l.hidden_size for l in model.unidirectional_layers),
         max_gru_hidden=max([l.hidden_size for l in grus], default=0),

@@ -16,13 +16,13 @@ from .ir import BidirectionalLayer, DenseLayer, FloatModel, GruLayer, LstmLayer
 
 def save_float_model(model: FloatModel, path) -> None:
     arrays = {}
-    layer_meta = [_save_layer(l, f"layer{k}", arrays) for k, l in enumerate(model.lstm_layers)]
+    layer_meta = [_save_layer(l, f"layer{k}", arrays) for k, l in enumerate(model.recurrent_layers)]
     for k, d in enumerate(model.head):
         arrays.update({f"dense{k}_w": d.w, f"dense{k}_b": d.b})
     meta = {
         "name": model.name, "source": model.source, "sequence_output": model.sequence_output,
         "final_softmax": model.final_softmax, "notes": list(model.notes),
-        "lstm_layers": layer_meta, "last_step_from": model.last_step_from,
+        "recurrent_layers": layer_meta, "last_step_from": model.last_step_from,
         "head": [{"name": d.name, "activation": d.activation.value} for d in model.head],
     }
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
@@ -42,7 +42,7 @@ def load_float_model(path) -> FloatModel:
     try:
         with np.load(Path(path), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            layers = [_load_layer(z, f"layer{k}", m) for k, m in enumerate(meta["lstm_layers"])]
+            layers = [_load_layer(z, f"layer{k}", m) for k, m in enumerate(meta["recurrent_layers"])]
             head = [DenseLayer(z[f"dense{k}_w"], z[f"dense{k}_b"], m["activation"], name=m["name"])
                     for k, m in enumerate(meta["head"])]
     except (OSError, KeyError, ValueError) as exc:

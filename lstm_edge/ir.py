@@ -203,8 +203,8 @@ class DenseLayer:
 
 @dataclass(frozen=True)
 class FloatModel:
-    """A stack of recurrent layers (`lstm_layers` holds LstmLayer and GruLayer alike) followed by an
-    optional dense head.
+    """A stack of recurrent layers (LstmLayer, GruLayer, BidirectionalLayer) followed by an optional
+    dense head.
 
     sequence_output: True when the model emits one output per time step; False when only one
     step's output is used (a classifier on the final state).
@@ -215,7 +215,7 @@ class FloatModel:
     outputs the logits before it (argmax is unchanged), the float reference applies it.
     """
 
-    lstm_layers: Tuple["LstmLayer | GruLayer", ...]
+    recurrent_layers: Tuple["LstmLayer | GruLayer | BidirectionalLayer", ...]
     head: Tuple[DenseLayer, ...] = ()
     sequence_output: bool = True
     final_softmax: Optional[str] = None
@@ -225,17 +225,17 @@ class FloatModel:
     notes: Tuple[str, ...] = field(default=())
 
     def __post_init__(self):
-        object.__setattr__(self, "lstm_layers", tuple(self.lstm_layers))
+        object.__setattr__(self, "recurrent_layers", tuple(self.recurrent_layers))
         object.__setattr__(self, "head", tuple(self.head))
         object.__setattr__(self, "notes", tuple(self.notes))
-        if not self.lstm_layers:
+        if not self.recurrent_layers:
             raise ModelFormatError("model has no LSTM layer")
         if self.last_step_from not in ("final_state", "last_index"):
             raise ModelFormatError(f"unknown last-step selection {self.last_step_from!r}")
         if self.final_softmax not in (None, "softmax", "logsoftmax"):
             raise ModelFormatError(f"unknown final activation {self.final_softmax!r}")
-        width = self.lstm_layers[0].input_size
-        for layer in self.lstm_layers:
+        width = self.recurrent_layers[0].input_size
+        for layer in self.recurrent_layers:
             if layer.input_size != width:
                 raise ModelFormatError(
                     f"layer '{layer.name}' expects {layer.input_size} inputs but receives {width}")
@@ -248,15 +248,15 @@ class FloatModel:
 
     @property
     def input_size(self) -> int:
-        return self.lstm_layers[0].input_size
+        return self.recurrent_layers[0].input_size
 
     @property
     def output_size(self) -> int:
-        return self.head[-1].output_size if self.head else self.lstm_layers[-1].hidden_size
+        return self.head[-1].output_size if self.head else self.recurrent_layers[-1].hidden_size
 
     @property
     def parameter_count(self) -> int:
-        n = sum(sum(a.size for a in layer_arrays(l)) for l in self.lstm_layers)
+        n = sum(sum(a.size for a in layer_arrays(l)) for l in self.recurrent_layers)
         return n + sum(d.w.size + d.b.size for d in self.head)
 
 

@@ -62,21 +62,19 @@ def _frozen(a, dtype) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class QLstmLayer:
+class QRecurrentLayer:
+    """What every integer recurrent layer has: per-gate int8 matrices, folded int32 biases, the
+    multipliers to the gates' Q3.12 scale, and its input and hidden quantization."""
+
     name: str
-    input_weights: np.ndarray      # int8 [4, H, I]
-    recurrent_weights: np.ndarray  # int8 [4, H, H]
-    input_bias: np.ndarray         # int32 [4, H], zp_x folded in
-    recurrent_bias: np.ndarray     # int32 [4, H], zp_h folded in
+    input_weights: np.ndarray      # int8 [G, H, I]
+    recurrent_weights: np.ndarray  # int8 [G, H, H]
+    input_bias: np.ndarray         # int32 [G, H], zp_x folded in
+    recurrent_bias: np.ndarray     # int32 [G, H], zp_h folded in
     input_requant: Tuple[Requant, ...]
     recurrent_requant: Tuple[Requant, ...]
-    forget_cell_requant: Requant
-    input_cell_requant: Requant
-    hidden_requant: Requant
     input_q: QuantParams
     hidden_q: QuantParams
-    cell_scale_power: int  # cell state scale = 2^cell_scale_power
-    cell_clip: int = 0     # quantized clip, 0 = none
 
     def __post_init__(self):
         object.__setattr__(self, "input_weights", _frozen(self.input_weights, np.int8))
@@ -93,6 +91,18 @@ class QLstmLayer:
     @property
     def hidden_size(self) -> int:
         return int(self.input_weights.shape[1])
+
+
+@dataclass(frozen=True)
+class QLstmLayer(QRecurrentLayer):
+    """Integer LSTM layer (TFLite Micro int8x8_16), gates i, f, g, o; the recurrent bias holds only
+    the folded zero point (an LSTM has no separate recurrent bias)."""
+
+    forget_cell_requant: Requant  # 2^-15: f * c -> c
+    input_cell_requant: Requant   # 2^-30 / s_c: i * g -> c
+    hidden_requant: Requant       # 2^-30 / s_h: o * tanh(c) -> h
+    cell_scale_power: int         # cell state scale = 2^cell_scale_power
+    cell_clip: int = 0            # quantized clip, 0 = none
 
     @property
     def state_bytes(self) -> int:
@@ -105,37 +115,14 @@ class QLstmLayer:
 
 
 @dataclass(frozen=True)
-class QGruLayer:
-    """Integer GRU layer (our extension of the TFLM LSTM scheme; see docs/arithmetic.md)."""
+class QGruLayer(QRecurrentLayer):
+    """Integer GRU layer (our extension of the TFLM LSTM scheme; see docs/arithmetic.md), gates
+    z, r, n. The input bias holds the biases outside the reset product; the recurrent bias holds
+    Rb_n when linear_before_reset puts it inside."""
 
-    name: str
-    input_weights: np.ndarray      # int8 [3, H, I], gates z, r, n
-    recurrent_weights: np.ndarray  # int8 [3, H, H]
-    input_bias: np.ndarray         # int32 [3, H], zp_x folded in (and Rb where outside the reset product)
-    recurrent_bias: np.ndarray     # int32 [3, H], zp_h folded in (and Rb_n with linear_before_reset)
-    input_requant: Tuple[Requant, ...]
-    recurrent_requant: Tuple[Requant, ...]
     hidden_to_q15_requant: Requant  # s_h / 2^-15: h_prev (minus zp) into Q0.15
     q15_to_hidden_requant: Requant  # 2^-15 / s_h: the new h from Q0.15 to int8
-    input_q: QuantParams
-    hidden_q: QuantParams
     linear_before_reset: bool = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "input_weights", _frozen(self.input_weights, np.int8))
-        object.__setattr__(self, "recurrent_weights", _frozen(self.recurrent_weights, np.int8))
-        object.__setattr__(self, "input_bias", _frozen(self.input_bias, np.int32))
-        object.__setattr__(self, "recurrent_bias", _frozen(self.recurrent_bias, np.int32))
-        object.__setattr__(self, "input_requant", tuple(self.input_requant))
-        object.__setattr__(self, "recurrent_requant", tuple(self.recurrent_requant))
-
-    @property
-    def input_size(self) -> int:
-        return int(self.input_weights.shape[2])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.input_weights.shape[1])
 
     @property
     def state_bytes(self) -> int:
@@ -215,7 +202,7 @@ class QDenseLayer:
 @dataclass(frozen=True)
 class QuantizedModel:
     name: str                       # C prefix
-    lstm_layers: Tuple["QLstmLayer | QGruLayer | QBidirectionalLayer", ...]  # the recurrent layers
+    recurrent_layers: Tuple["QLstmLayer | QGruLayer | QBidirectionalLayer", ...]
     head: Tuple[QDenseLayer, ...]
     sequence_output: bool
     final_softmax: Optional[str] = None
@@ -226,32 +213,32 @@ class QuantizedModel:
     @property
     def unidirectional_layers(self):
         """Every LSTM / GRU layer, a bidirectional layer counting as its two directions."""
-        return tuple(d for l in self.lstm_layers for d in getattr(l, "directions", (l,)))
+        return tuple(d for l in self.recurrent_layers for d in getattr(l, "directions", (l,)))
 
     @property
     def streaming(self) -> bool:
         """True when every layer runs step by step (NAME_step exists); False for window models."""
-        return not any(isinstance(l, QBidirectionalLayer) for l in self.lstm_layers)
+        return not any(isinstance(l, QBidirectionalLayer) for l in self.recurrent_layers)
 
     def __post_init__(self):
-        object.__setattr__(self, "lstm_layers", tuple(self.lstm_layers))
+        object.__setattr__(self, "recurrent_layers", tuple(self.recurrent_layers))
         object.__setattr__(self, "head", tuple(self.head))
 
     @property
     def input_q(self) -> QuantParams:
-        return self.lstm_layers[0].input_q
+        return self.recurrent_layers[0].input_q
 
     @property
     def output_q(self) -> QuantParams:
-        return self.head[-1].result_q if self.head else self.lstm_layers[-1].hidden_q
+        return self.head[-1].result_q if self.head else self.recurrent_layers[-1].hidden_q
 
     @property
     def input_size(self) -> int:
-        return self.lstm_layers[0].input_size
+        return self.recurrent_layers[0].input_size
 
     @property
     def output_size(self) -> int:
-        return self.head[-1].output_size if self.head else self.lstm_layers[-1].hidden_size
+        return self.head[-1].output_size if self.head else self.recurrent_layers[-1].hidden_size
 
     @property
     def is_classifier(self) -> bool:
@@ -268,7 +255,7 @@ class QuantizedModel:
     @property
     def state_bytes(self) -> int:
         """int8 hidden (+ int16 cell for LSTM) per layer: the NAME_state_t payload."""
-        return sum(l.state_bytes for l in self.lstm_layers)
+        return sum(l.state_bytes for l in self.recurrent_layers)
 
 
 # ---------------------------------------------------------------------- JSON (de)serialization
@@ -325,7 +312,7 @@ def _layer_to_dict(l) -> dict:
 
 
 def to_dict(model: QuantizedModel) -> dict:
-    layers = [_layer_to_dict(l) for l in model.lstm_layers]
+    layers = [_layer_to_dict(l) for l in model.recurrent_layers]
     head = [{
         "name": d.name,
         "weights": d.weights.tolist(),
@@ -348,7 +335,7 @@ def to_dict(model: QuantizedModel) -> dict:
         "final_softmax": model.final_softmax,
         "last_step_from": model.last_step_from,
         "max_steps": int(model.max_steps),
-        "lstm_layers": layers,
+        "recurrent_layers": layers,
         "head": head,
     }
 
@@ -394,7 +381,7 @@ def from_dict(d: dict) -> QuantizedModel:
             return QBidirectionalLayer(name=l["name"], forward=layer(l["forward"]), backward=layer(l["backward"]))
         return gru(l) if l.get("kind") == "gru" else lstm(l)
 
-    layers = tuple(layer(l) for l in d["lstm_layers"])
+    layers = tuple(layer(l) for l in d["recurrent_layers"])
     head = tuple(QDenseLayer(
         name=h["name"],
         weights=np.array(h["weights"]),
@@ -408,7 +395,7 @@ def from_dict(d: dict) -> QuantizedModel:
         table=None if h["table"] is None else np.array(h["table"]),
         table_q=None if h["table_q"] is None else q(h["table_q"]),
     ) for h in d["head"])
-    return QuantizedModel(name=d["name"], lstm_layers=layers, head=head,
+    return QuantizedModel(name=d["name"], recurrent_layers=layers, head=head,
                           sequence_output=bool(d["sequence_output"]),
                           final_softmax=d.get("final_softmax"), source=d.get("source", ""),
                           last_step_from=d.get("last_step_from", "final_state"), max_steps=int(d.get("max_steps", 0)))

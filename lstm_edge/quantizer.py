@@ -109,23 +109,28 @@ def quantize_gate_matrices(w_x, w_h, bias_x, bias_h, input_q: QuantParams, hidde
     return GateMatrices(np.stack(w_xq), np.stack(w_hq), np.stack(b_x), np.stack(b_h), tuple(req_x), tuple(req_h))
 
 
+def lstm_cell_requants(cell_scale: float, hidden_scale: float) -> dict:
+    """The LSTM's three inter-gate multipliers, as TFLM forms them from the tensors' scales."""
+    return dict(
+        forget_cell_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, cell_scale, divisor=cell_scale)),
+        input_cell_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, GATE_OUTPUT_SCALE,
+                                                             divisor=cell_scale)),
+        hidden_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, GATE_OUTPUT_SCALE,
+                                                         divisor=hidden_scale)))
+
+
 def quantize_lstm_layer(layer: LstmLayer, input_q: QuantParams, hidden_range: Range, cell_range: Range
                         ) -> QLstmLayer:
     hidden_q = asymmetric_int8(hidden_range)
     power = cell_scale_power(cell_range)
     gates = quantize_gate_matrices(layer.w_x, layer.w_h, layer.bias, np.zeros_like(layer.bias), input_q,
                                    hidden_q, f"layer '{layer.name}'")
-    cell_scale = 2.0 ** power
     return QLstmLayer(
         name=layer.name,
         input_weights=gates.input_weights, recurrent_weights=gates.recurrent_weights,
         input_bias=gates.input_bias, recurrent_bias=gates.recurrent_bias,
         input_requant=gates.input_requant, recurrent_requant=gates.recurrent_requant,
-        forget_cell_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, cell_scale, divisor=cell_scale)),
-        input_cell_requant=Requant.from_real(
-            effective_scale(GATE_OUTPUT_SCALE, GATE_OUTPUT_SCALE, divisor=cell_scale)),
-        hidden_requant=Requant.from_real(
-            effective_scale(GATE_OUTPUT_SCALE, GATE_OUTPUT_SCALE, divisor=hidden_q.scale)),
+        **lstm_cell_requants(2.0 ** power, hidden_q.scale),
         input_q=input_q, hidden_q=hidden_q, cell_scale_power=power, cell_clip=0)
 
 
@@ -208,30 +213,30 @@ def quantize(model: FloatModel, ranges: CalibrationRanges, name: str, max_steps:
     """All integers of the compiled model. `max_steps` sizes the window of models with
     bidirectional layers (required for them, ignored otherwise)."""
     if (len(ranges.hidden), len(ranges.cell), len(ranges.dense_pre), len(ranges.dense_out)) != (
-            len(model.lstm_layers), len(model.lstm_layers), len(model.head), len(model.head)):
+            len(model.recurrent_layers), len(model.recurrent_layers), len(model.head), len(model.head)):
         raise QuantizationError(f"calibration ranges are for {len(ranges.hidden)} LSTM and "
-                                f"{len(ranges.dense_pre)} dense layers, the model has {len(model.lstm_layers)} "
+                                f"{len(ranges.dense_pre)} dense layers, the model has {len(model.recurrent_layers)} "
                                 f"and {len(model.head)}: calibrate this model")
-    for layer in model.lstm_layers:
+    for layer in model.recurrent_layers:
         if layer.reverse:
             raise QuantizationError(f"layer '{layer.name}' runs in reverse direction only: not supported yet "
                                     "(bidirectional layers are)")
-    windowed = any(isinstance(l, BidirectionalLayer) for l in model.lstm_layers)
+    windowed = any(isinstance(l, BidirectionalLayer) for l in model.recurrent_layers)
     if windowed and max_steps <= 0:
         raise QuantizationError("the model has bidirectional layers, which need the whole sequence: give its "
                                 "maximum length (--max-steps N)")
     act_q = asymmetric_int8(ranges.input)
-    lstm_layers = []
-    for layer, h_range, c_range in zip(model.lstm_layers, ranges.hidden, ranges.cell):
+    recurrent_layers = []
+    for layer, h_range, c_range in zip(model.recurrent_layers, ranges.hidden, ranges.cell):
         qlayer = quantize_recurrent_layer(layer, act_q, h_range, c_range)
-        lstm_layers.append(qlayer)
+        recurrent_layers.append(qlayer)
         act_q = qlayer.hidden_q
     head = []
     for dense, pre, out in zip(model.head, ranges.dense_pre, ranges.dense_out):
         qdense = quantize_dense_layer(dense, act_q, pre, out)
         head.append(qdense)
         act_q = qdense.result_q
-    return QuantizedModel(name=name, lstm_layers=tuple(lstm_layers), head=tuple(head),
+    return QuantizedModel(name=name, recurrent_layers=tuple(recurrent_layers), head=tuple(head),
                           sequence_output=model.sequence_output, final_softmax=model.final_softmax,
                           source=model.source, last_step_from=model.last_step_from,
                           max_steps=max_steps if windowed else 0)

@@ -135,13 +135,13 @@ def forward(model: FloatModel, x: np.ndarray, trace: FloatTrace | None = None,
     emits when the graph ends in (Log)Softmax.
     """
     act = np.asarray(x, dtype=np.float64)
-    for layer in model.lstm_layers:
+    for layer in model.recurrent_layers:
         act, cell = recurrent_layer_forward(layer, act)
         if trace is not None:
             trace.hidden.append(act)
             trace.cell.append(cell)
     if not model.sequence_output:
-        act = last_step(model.lstm_layers[-1], act, model.last_step_from)
+        act = last_step(model.recurrent_layers[-1], act, model.last_step_from)
     for dense in model.head:
         pre, act = dense_forward(dense, act)
         if trace is not None:

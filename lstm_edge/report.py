@@ -17,7 +17,7 @@ def _int8_bytes(model: FloatModel) -> int:
     """Flash for weights and biases once quantized: int8 weights, int32 biases (two per gate row:
     input and recurrent, zero points folded in), one multiplier per dense output."""
     n = sum(d.w_x.size + d.w_h.size + 8 * d.w_x.shape[0] * d.hidden_size
-            for l in model.lstm_layers for d in _directions(l))
+            for l in model.recurrent_layers for d in _directions(l))
     return n + sum(d.w.size + 4 * d.b.size + 8 * d.output_size + (256 if d.activation.value in ("tanh", "sigmoid")
                                                                  else 0) for d in model.head)
 
@@ -25,7 +25,7 @@ def _int8_bytes(model: FloatModel) -> int:
 def describe_float(model: FloatModel) -> str:
     lines = [f"model {model.name} ({Path(model.source).name if model.source else 'in memory'})",
              f"  input: {model.input_size} features per step, batch-first [N, T, {model.input_size}]"]
-    for k, l in enumerate(model.lstm_layers):
+    for k, l in enumerate(model.recurrent_layers):
         kind = "GRU" if isinstance(_directions(l)[0], GruLayer) else "LSTM"
         kind = f"bidirectional {kind} ({l.merge})" if isinstance(l, BidirectionalLayer) else kind
         direction = " reverse" if l.reverse else ""
@@ -38,7 +38,7 @@ def describe_float(model: FloatModel) -> str:
         lines.append(f"  final {model.final_softmax} (compiled model outputs the logits before it)")
     lines.append(f"  output: {model.output_size} values {'every step' if model.sequence_output else 'at the last step'}")
     state = sum((1 if isinstance(d, GruLayer) else 3) * d.hidden_size  # int8 h (+ int16 c for an LSTM)
-                for l in model.lstm_layers for d in _directions(l))
+                for l in model.recurrent_layers for d in _directions(l))
     lines.append(f"  parameters: {model.parameter_count}; int8 weight bytes: {_int8_bytes(model)}; "
                  f"state bytes per instance: {state}")
     lines.extend(f"  note: {n}" for n in model.notes)
@@ -50,7 +50,7 @@ def describe_compiled(out_dir) -> str:
     lines = [f"compiled model {q.name} in {out_dir}: {summary(q)}",
              f"  input scale {q.input_q.scale:.6g} zero point {q.input_q.zero_point}; "
              f"output scale {q.output_q.scale:.6g} zero point {q.output_q.zero_point}"]
-    for k, l in enumerate(q.lstm_layers):
+    for k, l in enumerate(q.recurrent_layers):
         cell = getattr(getattr(l, "forward", l), "cell_scale_power", None)
         lines.append(f"  layer {k} {layer_label(l)} '{l.name}': {l.input_size} -> {l.hidden_size}, hidden scale "
                      f"{l.hidden_q.scale:.6g} zp {l.hidden_q.zero_point}"

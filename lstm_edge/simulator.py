@@ -159,7 +159,7 @@ class SimState:
 
 def reset(model: QuantizedModel, batch: int) -> SimState:
     """h = zp_h (a real zero), c = 0, as NAME_reset."""
-    states = [_initial_state(l, batch) for l in model.lstm_layers]
+    states = [_initial_state(l, batch) for l in model.recurrent_layers]
     return SimState(hidden=[h for h, _ in states], cell=[c for _, c in states])
 
 
@@ -172,7 +172,7 @@ def _layer_step(layer, x, h, c, trace=None):
 
 def _layers_step(model: QuantizedModel, state: SimState, x_t: np.ndarray, traces=None) -> np.ndarray:
     act = x_t
-    for k, layer in enumerate(model.lstm_layers):
+    for k, layer in enumerate(model.recurrent_layers):
         trace = traces[k] if traces is not None else None
         state.hidden[k], state.cell[k] = _layer_step(layer, act, state.hidden[k], state.cell[k], trace)
         act = state.hidden[k]
@@ -200,7 +200,7 @@ def run_window(model: QuantizedModel, x_q: np.ndarray) -> np.ndarray:
     """As NAME_run of a window model: layer by layer over the whole sequence, from the initial state."""
     act = np.asarray(x_q, dtype=np.int64)
     final = None
-    for layer in model.lstm_layers:
+    for layer in model.recurrent_layers:
         if isinstance(layer, QBidirectionalLayer):
             fwd, fwd_final = _layer_over_window(layer.forward, act)
             bwd, bwd_final = _layer_over_window(layer.backward, act, reverse=True)
@@ -245,6 +245,6 @@ def simulate(model: QuantizedModel, x_q: np.ndarray, trace: bool = False):
             raise InputDataError(f"sequences of {x_q.shape[1]} steps exceed the model's window of "
                                  f"{model.max_steps} (--max-steps at compile time)")
         return run_window(model, x_q)
-    traces = [[] for _ in model.lstm_layers] if trace else None
+    traces = [[] for _ in model.recurrent_layers] if trace else None
     y = run(model, reset(model, x_q.shape[0]), x_q, traces)
     return (y, traces) if trace else y

@@ -42,7 +42,7 @@ def test_window_length_is_required_and_enforced():
 
 
 def test_sum_merge_is_refused_in_the_integer_path():
-    layer = random_model(3, [4], kinds=["bilstm"]).lstm_layers[0]
+    layer = random_model(3, [4], kinds=["bilstm"]).recurrent_layers[0]
     model = FloatModel((BidirectionalLayer(layer.forward, layer.backward, merge="sum"),))
     with pytest.raises(QuantizationError, match="merge mode 'sum'"):
         quantize(model, calibrate(model, signal_like(np.random.default_rng(0), 8, 6, 3)), name="b", max_steps=6)

@@ -65,7 +65,7 @@ def test_minmax_ranges_equal_rederived_lstm_sequence_model(rng):
     model = random_model(3, [6], [(4, "relu")], sequence_output=True, seed=11)
     x = signal_like(rng, 30, 10, 3)
     ranges = calibrate(model, x)
-    h, c = numpy_lstm(model.lstm_layers[0], x)
+    h, c = numpy_lstm(model.recurrent_layers[0], x)
     pre, post = numpy_dense(model.head[0], h)
 
     assert as_pair(ranges.input) == span(x)  # the input is recorded as given: exactly
@@ -84,7 +84,7 @@ def test_last_step_head_ranges_come_from_last_step_only(rng):
     x = signal_like(rng, 40, 12, 2, scale=2.0)
     x[:, -4:] = 0.0  # quiet last steps: the state relaxes, so the last step's range is narrower
     ranges = calibrate(model, x)
-    h, c = numpy_lstm(model.lstm_layers[0], x)
+    h, c = numpy_lstm(model.recurrent_layers[0], x)
     pre_last, post_last = numpy_dense(model.head[0], h[:, -1])
     pre_all, _ = numpy_dense(model.head[0], h)
 
@@ -119,7 +119,7 @@ def test_softmax_is_not_applied_before_recording(rng):
     model = random_model(3, [6], [(4, "none")], sequence_output=False, seed=8, final_softmax="softmax")
     x = signal_like(rng, 30, 8, 3)
     ranges = calibrate(model, x)
-    h, _ = numpy_lstm(model.lstm_layers[0], x)
+    h, _ = numpy_lstm(model.recurrent_layers[0], x)
     pre, _ = numpy_dense(model.head[0], h[:, -1])
     assert as_pair(ranges.dense_out[0]) == pytest.approx(span(pre), abs=RE_DERIVATION_ATOL)
     assert ranges.dense_out[0].min < 0 or ranges.dense_out[0].max > 1

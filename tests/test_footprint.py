@@ -59,7 +59,7 @@ def test_footprint_matches_the_toolchain(tmp_path):
     assert fp.arrays and all(linked[name] == size for name, size in fp.arrays.items())
     assert fp.arrays["sigmoid_table_uint16"] == 512 and fp.flash["tables"] == 512
     # 12 inputs and 32 units are multiples of 4: the kernel's blocks need no padding columns here
-    assert fp.flash["weights"] == qmodel.lstm_layers[0].input_weights.size + qmodel.lstm_layers[0].recurrent_weights.size \
+    assert fp.flash["weights"] == qmodel.recurrent_layers[0].input_weights.size + qmodel.recurrent_layers[0].recurrent_weights.size \
         + qmodel.head[0].weights.size
 
     # RAM: the state struct, and the worst-case stack = the stack painted and measured on the emulated M4
@@ -96,7 +96,7 @@ def test_footprint_without_the_toolchain(tmp_path, monkeypatch):
     qmodel = load_bundle_quantized(out)
     # the arrays are known from the C itself
     assert fp.flash["weights"] == sum(int(np.asarray(a).size) for a in (
-        qmodel.lstm_layers[0].input_weights, qmodel.lstm_layers[0].recurrent_weights, qmodel.head[0].weights))
+        qmodel.recurrent_layers[0].input_weights, qmodel.recurrent_layers[0].recurrent_weights, qmodel.head[0].weights))
     assert fp.flash["tables"] == 512
     assert "n/a" in (out / f"kws{TXT_SUFFIX}").read_text()
 

@@ -51,7 +51,7 @@ def one_line(error: BaseException) -> str:
 
 
 def windowed(model) -> bool:
-    return any(isinstance(layer, BidirectionalLayer) for layer in model.lstm_layers)
+    return any(isinstance(layer, BidirectionalLayer) for layer in model.recurrent_layers)
 
 
 # --- the npz cases, written from the Keras fixtures' weights --------------------------------
@@ -255,7 +255,7 @@ def test_compiled_c_equals_simulator(case, tmp_path):
         assert np.array_equal(stepped if qmodel.sequence_output else stepped[:, -1], expected)
     # the float model written beside the C loads back through load_model (.npz) unchanged
     again = load_model(out / "m.float.npz")
-    assert [l.name for l in again.lstm_layers] == [l.name for l in model.lstm_layers]
+    assert [l.name for l in again.recurrent_layers] == [l.name for l in model.recurrent_layers]
     np.testing.assert_array_equal(forward(again, x[:4]), forward(model, x[:4]))
 
 
@@ -264,7 +264,7 @@ def test_keras_sum_merge_is_float_only():
     from lstm_edge.calibration import calibrate
     from lstm_edge.quantizer import quantize
     model = load_model(KERAS / "bidirectional_gru_sum_seq.keras")
-    assert model.lstm_layers[0].merge == "sum"
+    assert model.recurrent_layers[0].merge == "sum"
     x, _ = _io(KERAS / "bidirectional_gru_sum_seq.io.npz")
     with pytest.raises(QuantizationError) as info:
         quantize(model, calibrate(model, x), name="m", max_steps=x.shape[1])
@@ -284,24 +284,24 @@ def _same_layer(a, b):
 @pytest.mark.parametrize("name", KERAS_SUPPORTED)
 def test_keras_and_legacy_h5_give_the_same_model(name):
     a, b = load_model(KERAS / f"{name}.keras"), load_model(KERAS / f"{name}.h5")
-    assert (a.sequence_output, a.final_softmax, a.last_step_from, len(a.lstm_layers), len(a.head)) == (
-        b.sequence_output, b.final_softmax, b.last_step_from, len(b.lstm_layers), len(b.head))
-    for la, lb in zip(a.lstm_layers + a.head, b.lstm_layers + b.head):
+    assert (a.sequence_output, a.final_softmax, a.last_step_from, len(a.recurrent_layers), len(a.head)) == (
+        b.sequence_output, b.final_softmax, b.last_step_from, len(b.recurrent_layers), len(b.head))
+    for la, lb in zip(a.recurrent_layers + a.head, b.recurrent_layers + b.head):
         _same_layer(la, lb)
 
 
 def test_keras_recurrent_kinds():
     """reset_after picks the GRU variant (and where the recurrent bias goes); Bidirectional keeps
     both directions with the backward one's own weights; return_sequences=False is the final state."""
-    after = load_model(KERAS / "gru_reset_after_last.keras").lstm_layers[0]
+    after = load_model(KERAS / "gru_reset_after_last.keras").recurrent_layers[0]
     assert isinstance(after, GruLayer) and after.linear_before_reset and np.any(after.b_h)
-    before = load_model(KERAS / "gru_no_reset_after_seq.keras").lstm_layers[0]
+    before = load_model(KERAS / "gru_no_reset_after_seq.keras").recurrent_layers[0]
     assert isinstance(before, GruLayer) and not before.linear_before_reset and not np.any(before.b_h)
     stack = load_model(KERAS / "bidirectional_stack_lstm.keras")
-    kinds = [(type(l).__name__, type(getattr(l, "forward", l)).__name__, l.hidden_size) for l in stack.lstm_layers]
+    kinds = [(type(l).__name__, type(getattr(l, "forward", l)).__name__, l.hidden_size) for l in stack.recurrent_layers]
     assert kinds == [("BidirectionalLayer", "LstmLayer", 12), ("BidirectionalLayer", "GruLayer", 10),
                      ("LstmLayer", "LstmLayer", 7)]
-    bi = stack.lstm_layers[0]
+    bi = stack.recurrent_layers[0]
     assert not np.array_equal(bi.forward.w_x, bi.backward.w_x)
     assert (stack.sequence_output, stack.last_step_from) == (False, "final_state")
 

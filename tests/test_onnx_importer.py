@@ -92,8 +92,8 @@ SINGLE_LAYER = {
 @pytest.mark.parametrize("spec", SINGLE_LAYER.values(), ids=SINGLE_LAYER.keys())
 def test_single_layer_matches_graph(spec, tmp_path):
     model = check_spec(spec, tmp_path)
-    assert len(model.lstm_layers) == 1
-    assert model.lstm_layers[0].reverse == bool(spec.reverse and spec.reverse[0])
+    assert len(model.recurrent_layers) == 1
+    assert model.recurrent_layers[0].reverse == bool(spec.reverse and spec.reverse[0])
     assert model.sequence_output == (spec.select in ("sequence", "raw_y"))
 
 
@@ -110,8 +110,8 @@ STACKED = {
 @pytest.mark.parametrize("spec", STACKED.values(), ids=STACKED.keys())
 def test_stacked_layers_match_graph(spec, tmp_path):
     model = check_spec(spec, tmp_path)
-    assert [l.hidden_size for l in model.lstm_layers] == list(spec.hidden)
-    assert [l.name for l in model.lstm_layers] == [f"lstm_{k}" for k in range(len(spec.hidden))]
+    assert [l.hidden_size for l in model.recurrent_layers] == list(spec.hidden)
+    assert [l.name for l in model.recurrent_layers] == [f"lstm_{k}" for k in range(len(spec.hidden))]
 
 
 HEADS = {
@@ -186,12 +186,12 @@ GRU = {
 def test_gru_matches_graph(spec, tmp_path):
     model = check_spec(spec, tmp_path)
     reverse = list(spec.reverse) or [False] * len(spec.hidden)
-    for layer, cell, back in zip(model.lstm_layers, spec.cell, reverse):
+    for layer, cell, back in zip(model.recurrent_layers, spec.cell, reverse):
         assert isinstance(layer, GruLayer if cell == "GRU" else LstmLayer)
         assert layer.reverse == back
         if cell == "GRU":
             assert layer.linear_before_reset == bool(spec.linear_before_reset)
-    assert [l.name for l in model.lstm_layers] == [f"{c.lower()}_{k}" for k, c in enumerate(spec.cell)]
+    assert [l.name for l in model.recurrent_layers] == [f"{c.lower()}_{k}" for k, c in enumerate(spec.cell)]
 
 
 def test_gru_biases_stay_apart(tmp_path):
@@ -199,7 +199,7 @@ def test_gru_biases_stay_apart(tmp_path):
     case = build_case(Spec(cell=("GRU",), hidden=(3,), features=2))
     gru = find_node(case.model, "GRU")
     bias = numpy_helper.to_array(next(t for t in case.model.graph.initializer if t.name == gru.input[3]))
-    layer = load_model(save(case.model, tmp_path)).lstm_layers[0]
+    layer = load_model(save(case.model, tmp_path)).recurrent_layers[0]
     # ONNX stacks z, r, h: the canonical order is z, r, n, so the order is unchanged.
     np.testing.assert_array_equal(layer.b_x.reshape(-1), bias[0, :9])
     np.testing.assert_array_equal(layer.b_h.reshape(-1), bias[0, 9:])
@@ -245,7 +245,7 @@ BIDIRECTIONAL = {
 @pytest.mark.parametrize("spec, last_step_from", BIDIRECTIONAL.values(), ids=BIDIRECTIONAL.keys())
 def test_bidirectional_matches_graph(spec, last_step_from, tmp_path):
     model = check_spec(spec, tmp_path)
-    layer, = model.lstm_layers
+    layer, = model.recurrent_layers
     cell = (list(spec.cell) or ["LSTM"])[0]
     assert isinstance(layer, BidirectionalLayer)
     assert isinstance(layer.forward, GruLayer if cell == "GRU" else LstmLayer)
@@ -296,17 +296,17 @@ H_N = {  # PyTorch's h_n: the layers' Y_h concatenated, then its last entries
 @pytest.mark.parametrize("spec", H_N.values(), ids=H_N.keys())
 def test_h_n_of_stacks_matches_graph(spec, tmp_path):
     model = check_spec(spec, tmp_path)
-    assert len(model.lstm_layers) == len(spec.hidden)
+    assert len(model.recurrent_layers) == len(spec.hidden)
     assert not model.sequence_output and model.last_step_from == "final_state"
 
 
 @pytest.mark.parametrize("spec", MIXED.values(), ids=MIXED.keys())
 def test_mixed_stacks_match_graph(spec, tmp_path):
     model = check_spec(spec, tmp_path)
-    kinds = [isinstance(l, BidirectionalLayer) for l in model.lstm_layers]
+    kinds = [isinstance(l, BidirectionalLayer) for l in model.recurrent_layers]
     assert kinds == list(spec.bidirectional)
     widths = [(2 if bi and spec.merge != "sum" else 1) * h for bi, h in zip(spec.bidirectional, spec.hidden)]
-    assert [l.hidden_size for l in model.lstm_layers] == widths
+    assert [l.hidden_size for l in model.recurrent_layers] == widths
 
 
 def test_plumbing_after_the_head(tmp_path):
@@ -326,7 +326,7 @@ def test_names_come_from_file_and_nodes(tmp_path):
                            names={"lstm0": "encoder", "lstm1": "", "dense0": "classifier", "dense1": ""}))
     model = load_model(save(case.model, tmp_path, "my_kws.v2"))
     assert model.name == "my_kws.v2"
-    assert [l.name for l in model.lstm_layers] == ["encoder", "lstm1"]
+    assert [l.name for l in model.recurrent_layers] == ["encoder", "lstm1"]
     assert [d.name for d in model.head] == ["classifier", "dense1"]
 
 

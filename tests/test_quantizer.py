@@ -221,7 +221,7 @@ HAND_RANGES = dict(input=Range(-0.5, 2.0), hidden=(Range(-0.3, 0.9),), cell=(Ran
 def lstm_case():
     float_model = random_model(5, [4], sequence_output=True, seed=21)
     qmodel = quantize(float_model, CalibrationRanges(**HAND_RANGES), name="t")
-    return float_model.lstm_layers[0], qmodel.lstm_layers[0]
+    return float_model.recurrent_layers[0], qmodel.recurrent_layers[0]
 
 
 def test_layer_params_hand_worked(lstm_case):
@@ -298,7 +298,7 @@ def test_cell_requant_for_other_cell_ranges():
     for cell_absmax, power in ((0.5, -15), (1.0, -15), (7.9, -12), (100.0, -8)):
         ranges = CalibrationRanges(input=Range(-1, 1), hidden=(Range(-1, 1),), cell=(Range(-cell_absmax, 0.1),),
                                    dense_pre=(), dense_out=())
-        layer = quantize(model, ranges, "t").lstm_layers[0]
+        layer = quantize(model, ranges, "t").recurrent_layers[0]
         assert layer.cell_scale_power == power
         assert layer.forget_cell_requant == Requant(2**30, -14)
         assert real_of(layer.input_cell_requant) == Fraction(2) ** (-30 - power)
@@ -393,7 +393,7 @@ def test_dense_bias_and_requant_per_channel():
                                                cell=(Range(-1, 1),), dense_pre=(out,), dense_out=(out,)), "t")
     dense, fdense = qmodel.head[0], model.head[0]
     s_in, zp_in = dense.input_q.scale, dense.input_q.zero_point
-    assert zp_in != 0 and dense.input_q == qmodel.lstm_layers[0].hidden_q
+    assert zp_in != 0 and dense.input_q == qmodel.recurrent_layers[0].hidden_q
     rng = np.random.default_rng(2)
     x = rng.integers(-128, 128, (7, dense.input_size))
     for n in range(dense.output_size):
@@ -411,7 +411,7 @@ def _fake_quant_model(model, qmodel):
     """The float model with its weights replaced by the dequantized int8 weights (biases kept)."""
     layers = [LstmLayer(np.stack([q.input_weights[g] * weight_scale(f.w_x[g]) for g in range(4)]),
                         np.stack([q.recurrent_weights[g] * weight_scale(f.w_h[g]) for g in range(4)]),
-                        f.bias, name=f.name) for f, q in zip(model.lstm_layers, qmodel.lstm_layers)]
+                        f.bias, name=f.name) for f, q in zip(model.recurrent_layers, qmodel.recurrent_layers)]
     head = [DenseLayer(np.stack([q.weights[n] * weight_scale(f.w[n]) for n in range(f.output_size)]), f.b,
                        f.activation) for f, q in zip(model.head, qmodel.head)]
     return FloatModel(tuple(layers), tuple(head), sequence_output=model.sequence_output)
@@ -477,8 +477,8 @@ def test_json_round_trip(tmp_path, rng):
     x = signal_like(rng, 16, 8, 3)
     qmodel = quantize(model, calibrate(model, x), "net")
     # a non-default cell clip (quantize() always writes 0) must survive the round trip as well
-    qmodel = dataclasses.replace(qmodel, lstm_layers=(dataclasses.replace(qmodel.lstm_layers[0], cell_clip=1234),
-                                                      qmodel.lstm_layers[1]))
+    qmodel = dataclasses.replace(qmodel, recurrent_layers=(dataclasses.replace(qmodel.recurrent_layers[0], cell_clip=1234),
+                                                      qmodel.recurrent_layers[1]))
     path = tmp_path / "net.qmodel.json"
     qm.save(qmodel, path)
     assert json.loads(path.read_text())["format_version"] == qm.FORMAT_VERSION

@@ -118,7 +118,7 @@ def test_fixture_set_is_complete():
         for suffix in (".tflite", ".h5", ".io.npz"):
             assert (FIXTURES / f"{name}{suffix}").is_file(), f"{name}{suffix}"
     hidden = {layer.hidden_size for name in MODELS
-              for layer in load_tflite_quantized(FIXTURES / f"{name}.tflite", "m").lstm_layers}
+              for layer in load_tflite_quantized(FIXTURES / f"{name}.tflite", "m").recurrent_layers}
     assert min(hidden) <= 4 and max(hidden) >= 64
 
 
@@ -147,7 +147,7 @@ def test_saturating_fixture_saturates_each_gate_term():
     from lstm_edge.fixedpoint import multiply_by_quantized_multiplier
     path = FIXTURES / "lstm1_saturating.tflite"
     imp, qmodel = inspect_tflite(path), load_tflite_quantized(path, "m")
-    layer = qmodel.lstm_layers[0]
+    layer = qmodel.recurrent_layers[0]
     x_q = inputs_for("lstm1_saturating", imp, qmodel, np.random.default_rng(len("lstm1_saturating")))
     _, traces = simulate(qmodel, x_q, trace=True)
     pre = np.concatenate([s.preactivation.ravel() for s in traces[0]])
@@ -193,7 +193,7 @@ def test_gate_multipliers_are_formed_in_double():
     op, t = imp.chain.lstm_ops[0], imp.walk.t
     scale = lambda k: float(t(op.inputs[k]).quantization.scale[0])  # noqa: E731
     f32 = lambda a, b: Requant.from_real(float(np.float32(a) * np.float32(b)) * 4096.0)  # noqa: E731
-    layer = qmodel.lstm_layers[0]
+    layer = qmodel.recurrent_layers[0]
     single = dataclasses.replace(
         layer, input_requant=tuple(f32(scale(0), scale(k)) for k in S.LSTM_INPUT_WEIGHTS),
         recurrent_requant=tuple(f32(scale(S.LSTM_OUTPUT_STATE), scale(k)) for k in S.LSTM_RECURRENT_WEIGHTS))
@@ -201,7 +201,7 @@ def test_gate_multipliers_are_formed_in_double():
     x_q = np.random.default_rng(0).integers(-128, 128, (1000, imp.steps, qmodel.input_size))[578:579].astype(np.int8)
     oracle = run_tflm(path.read_bytes(), imp, x_q).reshape(1, -1)
     assert np.array_equal(simulate(qmodel, x_q), oracle)
-    assert not np.array_equal(simulate(dataclasses.replace(qmodel, lstm_layers=(single,)), x_q), oracle)
+    assert not np.array_equal(simulate(dataclasses.replace(qmodel, recurrent_layers=(single,)), x_q), oracle)
 
 
 def test_imported_parameters_are_the_models_own():
@@ -210,7 +210,7 @@ def test_imported_parameters_are_the_models_own():
     sg = read_tflite(path).subgraphs[0]
     qmodel = load_tflite_quantized(path, "m")
     lstm_ops = [op for op in sg.operators if op.opcode == S.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM]
-    for layer, op in zip(qmodel.lstm_layers, lstm_ops):
+    for layer, op in zip(qmodel.recurrent_layers, lstm_ops):
         x, h, c = (sg.tensors[op.inputs[k]] for k in (0, S.LSTM_OUTPUT_STATE, S.LSTM_CELL_STATE))
         assert layer.input_q.scale == float(x.quantization.scale[0])
         assert layer.input_q.zero_point == int(x.quantization.zero_point[0])
@@ -306,11 +306,11 @@ def test_a_cell_clip_that_bites_equals_tflm(tmp_path):
     """cell_clip 0.25 (quantized to 512 at 2^-11): the clip is applied as TFLM applies it."""
     data = patched("lstm1_last_dense", [("lstm_option", 0, 1, "<f", 0.25)])
     path, imp, qmodel = _import_bytes(tmp_path, data)
-    assert qmodel.lstm_layers[0].cell_clip == int(0.25 / 2.0 ** qmodel.lstm_layers[0].cell_scale_power)
+    assert qmodel.recurrent_layers[0].cell_clip == int(0.25 / 2.0 ** qmodel.recurrent_layers[0].cell_scale_power)
     x_q = inputs_for("lstm1_last_dense", imp, qmodel, np.random.default_rng(5))[-600:]
     _, traces = simulate(qmodel, x_q, trace=True)
     cells = np.concatenate([np.abs(s.cell).ravel() for s in traces[0]])
-    assert np.mean(cells == qmodel.lstm_layers[0].cell_clip) > 0.01
+    assert np.mean(cells == qmodel.recurrent_layers[0].cell_clip) > 0.01
     y_sim = simulate(qmodel, x_q)
     assert np.array_equal(run_tflm(data, imp, x_q).reshape(y_sim.shape), y_sim)
 
@@ -327,8 +327,8 @@ def test_hidden_state_parameters_are_those_tflm_uses(tmp_path):
     edited = read_tflite(path).subgraphs[0]
     out = edited.tensors[op.outputs[0]]
     assert float(out.quantization.scale[0]) != float(np.float32(scale))  # only the state tensor changed
-    assert qmodel.lstm_layers[0].hidden_q.zero_point == 17
-    assert qmodel.lstm_layers[1].input_q.zero_point == int(out.quantization.zero_point[0])
+    assert qmodel.recurrent_layers[0].hidden_q.zero_point == 17
+    assert qmodel.recurrent_layers[1].input_q.zero_point == int(out.quantization.zero_point[0])
     x_q = inputs_for("lstm2_stacked", imp, qmodel, np.random.default_rng(6))[-500:]
     y_sim = simulate(qmodel, x_q)
     assert np.array_equal(run_tflm(data, imp, x_q).reshape(y_sim.shape), y_sim)
@@ -395,7 +395,7 @@ def test_float_tflite_goes_through_calibration():
     path = FIXTURES / "float_lstm1_last_dense.tflite"
     assert load_prequantized(path, "m") is None
     model = load_model(path)
-    assert [l.hidden_size for l in model.lstm_layers] == [16] and not model.sequence_output
+    assert [l.hidden_size for l in model.recurrent_layers] == [16] and not model.sequence_output
     assert any("cell clip" in note for note in model.notes)
     runtime = tflm_runtime()
     interp = runtime.Interpreter.from_bytes(path.read_bytes())

@@ -241,8 +241,8 @@ def test_cell_clip_equals_tflm(tmp_path):
     x_q = np.random.default_rng(7).integers(-128, 128, (300, 8, 4)).astype(np.int8)
     _, traces = simulate(qmodel, x_q, trace=True)
     clip = int(np.percentile(np.abs(np.concatenate([t.cell.ravel() for t in traces[0]])), 70))
-    clipped = dataclasses.replace(qmodel, lstm_layers=(dataclasses.replace(qmodel.lstm_layers[0], cell_clip=clip),
-                                                       qmodel.lstm_layers[1]))
+    clipped = dataclasses.replace(qmodel, recurrent_layers=(dataclasses.replace(qmodel.recurrent_layers[0], cell_clip=clip),
+                                                       qmodel.recurrent_layers[1]))
     expected = simulate(clipped, x_q)
     assert not np.array_equal(expected, simulate(qmodel, x_q))  # the clip is active
     assert np.array_equal(run_tflm(export_tflite(clipped, 8), x_q), expected)
@@ -301,7 +301,7 @@ def test_file_holds_plain_biases_and_our_weights():
     data = export_tflite(qmodel, 8)
     assert schema.has_identifier(data)
     root, subgraph, tensors = tensors_by_name(data)
-    for k, layer in enumerate(qmodel.lstm_layers):
+    for k, layer in enumerate(qmodel.recurrent_layers):
         for gate, name in enumerate("ifgo"):
             w = layer.input_weights[gate].astype(np.int64)
             bias = tensors[f"lstm{k}/{name}_bias"][2]
@@ -330,10 +330,10 @@ def test_export_refuses_what_tflm_cannot_run():
     _, qmodel = small_model()
     with pytest.raises(InputDataError, match="steps"):
         export_tflite(qmodel, 0)
-    layer = qmodel.lstm_layers[0]
+    layer = qmodel.recurrent_layers[0]
     odd_bias = dataclasses.replace(layer, recurrent_bias=layer.recurrent_bias + 1)
     with pytest.raises(QuantizationError, match="recurrent bias"):
-        export_tflite(dataclasses.replace(qmodel, lstm_layers=(odd_bias,) + qmodel.lstm_layers[1:]), 8)
+        export_tflite(dataclasses.replace(qmodel, recurrent_layers=(odd_bias,) + qmodel.recurrent_layers[1:]), 8)
     gru = random_model(3, [5], [], kinds=["gru"])
     gru_q = quantize(gru, calibrate(gru, signal_like(np.random.default_rng(0), 16, 5, 3)), name="g")
     with pytest.raises(UnsupportedModelError, match="LSTM"):

@@ -121,11 +121,11 @@ def test_imported_layers(name, exporter):
 
     model = load_model(str(_model_path(name, exporter)))
     kinds, last_step_from = EXPECTED[name]
-    assert tuple(type(layer).__name__ for layer in model.lstm_layers) == kinds
+    assert tuple(type(layer).__name__ for layer in model.recurrent_layers) == kinds
     assert model.sequence_output == (last_step_from is None)
     if last_step_from is not None:
         assert model.last_step_from == last_step_from
-    for layer in model.lstm_layers:
+    for layer in model.recurrent_layers:
         for direction in ((layer.forward, layer.backward) if isinstance(layer, BidirectionalLayer) else (layer,)):
             assert not direction.reverse
             if isinstance(direction, GruLayer):  # PyTorch's GRU is ONNX's linear_before_reset=1

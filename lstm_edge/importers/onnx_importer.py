@@ -200,7 +200,7 @@ def _assemble(path: Path, ctx: ImportContext, final, input_name: str, output_nam
     notes = (f"graph input '{input_name}' is {input_layout.replace('_', '-')}",
              f"graph output '{output_name}' has axes [{', '.join(output_axes)}]")
     last_step = last_step_from(final) if final.last_step else "final_state"
-    model = FloatModel(lstm_layers=final.lstm, head=final.head, sequence_output=not final.last_step,
+    model = FloatModel(recurrent_layers=final.lstm, head=final.head, sequence_output=not final.last_step,
                        final_softmax=final.softmax, last_step_from=last_step, name=path.stem,
                        source=str(path), notes=notes)
     return OnnxImport(model, input_name, input_layout, output_name, output_axes)

@@ -34,7 +34,7 @@ from ..errors import ModelFormatError, UnsupportedModelError
 from ..fixedpoint import effective_scale
 from ..ir import Activation, DenseLayer, FloatModel, LstmLayer
 from ..quantized_model import QDenseLayer, QLstmLayer, QuantizedModel, QuantParams, Requant
-from ..quantizer import GATE_INPUT_SCALE, GATE_OUTPUT_SCALE, check_accumulator_bounds
+from ..quantizer import GATE_INPUT_SCALE, check_accumulator_bounds, lstm_cell_requants
 from ..tflite import schema as S
 from ..tflite.reader import Model, Operator, Subgraph, Tensor, read_tflite
 
@@ -461,17 +461,12 @@ def _q_lstm(walk: _Walk, op: Operator, input_q: QuantParams, index: int) -> QLst
         quantized_clip = int(min(max(clip / cell_q.scale, -32768.0), 32767.0))
         if quantized_clip <= 0:
             raise walk.fail(op, f"cell clip {clip:g} is below one step of the cell state scale")
-    cell_scale = cell_q.scale
     return QLstmLayer(
         name=name,
         input_weights=np.stack(w_x), recurrent_weights=np.stack(w_h),
         input_bias=np.stack(b_x), recurrent_bias=np.stack(b_h),
         input_requant=tuple(r_x), recurrent_requant=tuple(r_h),
-        forget_cell_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, cell_scale, divisor=cell_scale)),
-        input_cell_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, GATE_OUTPUT_SCALE,
-                                                             divisor=cell_scale)),
-        hidden_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, GATE_OUTPUT_SCALE,
-                                                         divisor=hidden_q.scale)),
+        **lstm_cell_requants(cell_q.scale, hidden_q.scale),
         input_q=input_q, hidden_q=hidden_q, cell_scale_power=power, cell_clip=quantized_clip)
 
 
@@ -538,7 +533,7 @@ def _quantized_model(walk: _Walk, chain: _Chain, name: str, source: str) -> Quan
         if dense.activation_op is not None:
             raise walk.fail(dense.activation_op, _HINTS.get(dense.activation_op.opcode, "not supported"))
         head.append(_q_dense(walk, dense, k))
-    return QuantizedModel(name=name, lstm_layers=tuple(layers), head=tuple(head),
+    return QuantizedModel(name=name, recurrent_layers=tuple(layers), head=tuple(head),
                           sequence_output=chain.sequence_output, final_softmax=chain.final_softmax, source=source)
 
 
@@ -597,7 +592,7 @@ def _float_model(walk: _Walk, chain: _Chain, source: str, stem: str) -> FloatMod
     if chain.time_major:
         notes.append("the .tflite input is time-major [T, 1, F]; lstm-edge data files are batch-first [N, T, F]")
     try:
-        return FloatModel(lstm_layers=tuple(layers), head=tuple(head), sequence_output=chain.sequence_output,
+        return FloatModel(recurrent_layers=tuple(layers), head=tuple(head), sequence_output=chain.sequence_output,
                           final_softmax=chain.final_softmax, name=stem, source=source, notes=tuple(notes))
     except ModelFormatError as exc:
         raise ModelFormatError(f"{walk.where}: {exc}")
@@ -608,7 +603,7 @@ def _dequantized_model(walk: _Walk, chain: _Chain, source: str, stem: str) -> Fl
     for users who want lstm-edge to requantize it with their own calibration data."""
     q = _quantized_model(walk, chain, stem, source)
     layers = []
-    for layer, op in zip(q.lstm_layers, chain.lstm_ops):
+    for layer, op in zip(q.recurrent_layers, chain.lstm_ops):
         sx = np.array([float(walk.t(op.inputs[i]).quantization.scale[0]) for i in S.LSTM_INPUT_WEIGHTS])
         sh = np.array([float(walk.t(op.inputs[i]).quantization.scale[0]) for i in S.LSTM_RECURRENT_WEIGHTS])
         raw_bias = np.stack([walk.t(op.inputs[i]).data.astype(np.float64) if op.inputs[i] >= 0
@@ -625,7 +620,7 @@ def _dequantized_model(walk: _Walk, chain: _Chain, source: str, stem: str) -> Fl
                                activation=dense.activation, name=dense.name))
     notes = list(chain.notes) + ["a full-integer (int8) model: `compile` uses its own quantization (no --calib), "
                                  "bit-exact with TFLite Micro; these float weights are its dequantized values"]
-    return FloatModel(lstm_layers=tuple(layers), head=tuple(head), sequence_output=chain.sequence_output,
+    return FloatModel(recurrent_layers=tuple(layers), head=tuple(head), sequence_output=chain.sequence_output,
                       final_softmax=chain.final_softmax, name=stem, source=source, notes=tuple(notes))
 
 

@@ -423,16 +423,16 @@ def export_tflite(qmodel: QuantizedModel, steps: int) -> bytes:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
         raise InputDataError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
     steps = int(steps)
-    for layer in qmodel.lstm_layers:
+    for layer in qmodel.recurrent_layers:
         if not isinstance(layer, QLstmLayer):
             raise UnsupportedModelError(f"layer '{layer.name}' is not a forward LSTM layer: only stacks of "
                                         "forward LSTMs export to .tflite (GRU and bidirectional layers not yet)")
     g = GraphWriter()
     x = g.tensor("input", (1, steps, qmodel.input_size), TensorType.INT8, q=qmodel.input_q)
     act = x
-    for k, layer in enumerate(qmodel.lstm_layers):
+    for k, layer in enumerate(qmodel.recurrent_layers):
         act = _add_lstm(g, layer, act, steps, k)
-    last = qmodel.lstm_layers[-1]
+    last = qmodel.recurrent_layers[-1]
     lead: Tuple[int, ...] = (1, steps)
     if not qmodel.sequence_output:
         act, lead = _add_last_step(g, act, steps, last.hidden_size, last.hidden_q), (1,)
