@@ -9,9 +9,13 @@ import pytest
 from conftest import require_tool
 from lstm_edge import fixedpoint as fp
 from lstm_edge.codegen import kernel_source
+from lstm_edge.importers import tflite_importer
 from lstm_edge.quantizer import MAX_CELL_SCALE_POWER, MIN_CELL_SCALE_POWER
 
-TANH_SHIFTS = list(range(MIN_CELL_SCALE_POWER + 12, MAX_CELL_SCALE_POWER + 13))  # cell states; 0 is the gate
+# tanh reads a cell state of scale 2^p with input shift p + 12 (0 is the cell gate): every p the
+# quantizer chooses, and every p a pre-quantized .tflite model may bring.
+TANH_SHIFTS = list(range(min(MIN_CELL_SCALE_POWER, tflite_importer.MIN_CELL_SCALE_POWER) + 12,
+                         max(MAX_CELL_SCALE_POWER, tflite_importer.MAX_CELL_SCALE_POWER) + 13))
 
 PROGRAM = r"""
 #include <stdio.h>
