@@ -164,3 +164,28 @@ def test_missing_external_data_file_is_a_model_format_error(tmp_path):
     shutil.copy(_model_path("lstm1_seq", "dynamo"), lonely)
     with pytest.raises(ModelFormatError):
         load_model(str(lonely))
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_compiled_c_equals_simulator(name, tmp_path):
+    """Every exported model compiles (bidirectional ones as window models) and its C equals the
+    simulator on 256 sequences: random, calibration-like and saturating int8 inputs."""
+    from conftest import require_tool
+    from lstm_edge.bundle import write_bundle
+    from lstm_edge.calibration import calibrate
+    from lstm_edge.hostbuild import build_harness, run_harness
+    from lstm_edge.importers import load_model
+    from lstm_edge.quantizer import quantize
+    from lstm_edge.simulator import simulate
+    from lstm_edge.verify import default_inputs
+    from model_factory import signal_like
+
+    x, _, _ = _io(name)
+    steps = x.shape[1]
+    model = load_model(FIXTURE_DIR / f"{name}.legacy.onnx")
+    calib = signal_like(np.random.default_rng(len(name)), 64, steps, model.input_size)
+    qmodel = quantize(model, calibrate(model, calib), name="m", max_steps=steps)
+    out = write_bundle(qmodel, tmp_path / "m", model)
+    x_q = default_inputs(qmodel, sequences=256, steps=steps)
+    exe = build_harness(qmodel, out, tmp_path / "build", cc=require_tool("gcc"))
+    assert np.array_equal(run_harness(exe, qmodel, x_q, "run"), simulate(qmodel, x_q))
