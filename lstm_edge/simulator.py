@@ -28,7 +28,8 @@ def _requant_arrays(requants):
 def lstm_gate_preactivation(layer: QLstmLayer, x: np.ndarray, h: np.ndarray) -> np.ndarray:
     """All four gates at once: [4, N, H] int16 Q3.12 values.
 
-    pre = sat16( sat16(RQ(Bx + Wx x, Mx)) + sat16(RQ(Bh + Wh h, Mh)) ), each term saturated on its own.
+    pre = sat16( sat16(RQ(Bx + Wx x, Mx)) + sat16(RQ(Bh + Wh h, Mh)) ), each term saturated on its own,
+    as TFLite Micro does (CMSIS-NN leaves the recurrent term unclamped: it differs past +-8.0).
     """
     ax = np.einsum("ghk,nk->gnh", layer.input_weights.astype(np.int64), x) + layer.input_bias[:, None, :]
     ah = np.einsum("ghk,nk->gnh", layer.recurrent_weights.astype(np.int64), h) + layer.recurrent_bias[:, None, :]

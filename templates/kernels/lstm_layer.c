@@ -173,7 +173,8 @@ static void lstm_gate_dots(const uint8_t *w, const int8_t *v, int32_t n, const i
 }
 
 /* sat16( sat16(RQ(ax, Mx)) + sat16(RQ(ah, Mh)) ): each term is saturated on its own before the add, as
- * TFLite-Micro's two int16 FULLY_CONNECTEDs. */
+ * TFLite-Micro's two int16 FULLY_CONNECTEDs. CMSIS-NN does not clamp the recurrent term first, so the
+ * two kernels differ when that term alone passes +-8.0; we follow TFLM (tests/test_tflm_oracle.py). */
 static int16_t lstm_gate_sum(int32_t ax, int32_t ah, requant_t mx, requant_t mh)
 {
     const int16_t from_input = saturate_int16(multiply_by_quantized_multiplier(ax, mx));
