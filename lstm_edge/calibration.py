@@ -160,8 +160,21 @@ def calibrate(model: FloatModel, data: np.ndarray, method: str = "minmax", perce
     it = iter(ranges)
     take = lambda k: tuple(next(it) for _ in range(k))  # noqa: E731
     inp, hidden, cell, pre, out = take(1)[0], take(L), take(L), take(D), take(D)
+    hidden = tuple(_with_initial(r, l, "initial_h") for r, l in zip(hidden, model.recurrent_layers))
+    cell = tuple(_with_initial(r, l, "initial_c") for r, l in zip(cell, model.recurrent_layers))
     return CalibrationRanges(input=inp, hidden=hidden, cell=cell, dense_pre=pre, dense_out=out,
                              method=method, sequences=n)
+
+
+def _with_initial(r: Range, layer, name: str) -> Range:
+    """Widen a state's range to hold the layer's constant initial state (it is a value of that state
+    too, before the first step)."""
+    values = [getattr(d, name, None) for d in (layer.forward, layer.backward)] if hasattr(layer, "backward") \
+        else [getattr(layer, name, None)]
+    values = [v for v in values if v is not None]
+    if not values:
+        return r
+    return Range(min(r.min, *(float(v.min()) for v in values)), max(r.max, *(float(v.max()) for v in values)))
 
 
 def needs_pre_activation_range(activation: Activation) -> bool:

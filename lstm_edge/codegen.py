@@ -126,19 +126,30 @@ def _gate_fields(k: int, layer) -> List[str]:
     ]
 
 
+def _state_field(k, kind: str, ctype: str, size: int, default: int, initial):
+    """A state array of layer k and what reset() writes into it: a constant, or (for a model with
+    an initial state) the matching const array, which is returned to be emitted with the data."""
+    field = dict(ctype=ctype, name=f"{kind}_{k}", size=size, reset=default)
+    if initial is None:
+        return field, []
+    array = dict(ctype=ctype, name=f"layer{k}_initial_{kind}", length=size, data=c_array(initial, 16))
+    return dict(field, reset=f"{array['name']}[j]"), [array]
+
+
 def _layer_context(k, layer, source: str) -> dict:
     """Data, designated initialisers, state fields and the step call of recurrent layer k
     (k may carry a direction suffix: "0f", "0b")."""
     q = f"input scale {layer.input_q.scale:.9g} zp {layer.input_q.zero_point}, hidden scale " \
         f"{layer.hidden_q.scale:.9g} zp {layer.hidden_q.zero_point}"
-    hidden = dict(ctype="int8_t", name=f"hidden_{k}", size=layer.hidden_size, reset=layer.hidden_q.zero_point)
+    hidden, initial = _state_field(k, "hidden", "int8_t", layer.hidden_size, layer.hidden_q.zero_point,
+                                   layer.initial_hidden)
     if isinstance(layer, QGruLayer):
         variant = "n = tanh(Wx + r (.) (Rh + Rb))" if layer.linear_before_reset else "n = tanh(Wx + R (r (.) h))"
         return dict(
             tag=str(k), hidden_size=layer.hidden_size,
             comment=f"GRU layer {k} '{layer.name}': {layer.input_size} -> {layer.hidden_size} units, {q}.\n"
                     f" * Gates: update, reset, new; {variant}.",
-            arrays=_gate_arrays(k, layer), params_type="gru_layer_params_t",
+            arrays=_gate_arrays(k, layer) + initial, params_type="gru_layer_params_t",
             fields=_gate_fields(k, layer) + [
                 f"hidden_to_q15_requant = {c_requant(layer.hidden_to_q15_requant)}",
                 f"q15_to_hidden_requant = {c_requant(layer.q15_to_hidden_requant)}",
@@ -146,18 +157,19 @@ def _layer_context(k, layer, source: str) -> dict:
                 f"linear_before_reset = {1 if layer.linear_before_reset else 0}"],
             state=[hidden],
             step=f"gru_layer_step(&layer{k}_params, {source}, s->hidden_{k}, gru_update, gru_reset_hidden, h_next)")
+    cell, initial_cell = _state_field(k, "cell", "int16_t", layer.hidden_size, 0, layer.initial_cell)
     return dict(
         tag=str(k), hidden_size=layer.hidden_size,
         comment=f"LSTM layer {k} '{layer.name}': {layer.input_size} -> {layer.hidden_size} units, {q},\n"
                 f" * cell scale 2^{layer.cell_scale_power}. Gates: input, forget, cell, output.",
-        arrays=_lstm_arrays(k, layer), params_type="lstm_layer_params_t",
+        arrays=_lstm_arrays(k, layer) + initial + initial_cell, params_type="lstm_layer_params_t",
         fields=_gate_fields(k, layer) + [
             f"forget_cell_requant = {c_requant(layer.forget_cell_requant)}",
             f"input_cell_requant = {c_requant(layer.input_cell_requant)}",
             f"hidden_requant = {c_requant(layer.hidden_requant)}",
             f"hidden_zero_point = {layer.hidden_q.zero_point}",
             f"cell_tanh_shift = {layer.cell_tanh_shift}", f"cell_clip = {layer.cell_clip}"],
-        state=[hidden, dict(ctype="int16_t", name=f"cell_{k}", size=layer.hidden_size, reset=0)],
+        state=[hidden, cell],
         step=f"lstm_layer_step(&layer{k}_params, {source}, s->hidden_{k}, s->cell_{k}, h_next)")
 
 

@@ -60,6 +60,9 @@ def _save_layer(layer, key: str, arrays: dict) -> dict:
                 "forward": _save_layer(layer.forward, key + "f", arrays),
                 "backward": _save_layer(layer.backward, key + "b", arrays)}
     arrays.update({f"{key}_w_x": layer.w_x, f"{key}_w_h": layer.w_h})
+    for state in ("initial_h", "initial_c"):
+        if getattr(layer, state, None) is not None:
+            arrays[f"{key}_{state}"] = getattr(layer, state)
     meta = {"name": layer.name, "reverse": layer.reverse}
     if isinstance(layer, GruLayer):
         arrays.update({f"{key}_b_x": layer.b_x, f"{key}_b_h": layer.b_h})
@@ -72,7 +75,10 @@ def _load_layer(z, key: str, meta: dict):
     if meta["kind"] == "bidirectional":
         return BidirectionalLayer(_load_layer(z, key + "f", meta["forward"]), _load_layer(z, key + "b", meta["backward"]),
                                   merge=meta["merge"], name=meta["name"])
+    state = lambda name: z[f"{key}_{name}"] if f"{key}_{name}" in z.files else None  # noqa: E731
     if meta["kind"] == "gru":
         return GruLayer(z[f"{key}_w_x"], z[f"{key}_w_h"], z[f"{key}_b_x"], z[f"{key}_b_h"],
-                        linear_before_reset=meta["linear_before_reset"], reverse=meta["reverse"], name=meta["name"])
-    return LstmLayer(z[f"{key}_w_x"], z[f"{key}_w_h"], z[f"{key}_bias"], reverse=meta["reverse"], name=meta["name"])
+                        linear_before_reset=meta["linear_before_reset"], reverse=meta["reverse"], name=meta["name"],
+                        initial_h=state("initial_h"))
+    return LstmLayer(z[f"{key}_w_x"], z[f"{key}_w_h"], z[f"{key}_bias"], reverse=meta["reverse"], name=meta["name"],
+                     initial_h=state("initial_h"), initial_c=state("initial_c"))

@@ -63,12 +63,26 @@ def _frozen_array(a: np.ndarray, dtype=np.float32) -> np.ndarray:
     return a
 
 
+def _check_initial_state(layer, names) -> None:
+    """Freeze the optional initial-state vectors and check they are [H] and finite."""
+    for label in names:
+        value = getattr(layer, label)
+        if value is None:
+            continue
+        value = _frozen_array(value)
+        object.__setattr__(layer, label, value)
+        if value.shape != (layer.w_x.shape[1],) or not np.all(np.isfinite(value)):
+            raise ModelFormatError(f"layer '{layer.name}': {label} must be {layer.w_x.shape[1]} finite values, "
+                                   f"got shape {value.shape}")
+
+
 @dataclass(frozen=True)
 class LstmLayer:
     """One unidirectional LSTM layer, gates in canonical order.
 
     w_x [4, H, I], w_h [4, H, H], bias [4, H] (input and recurrent biases already summed).
     `reverse` layers run over the sequence back to front (ONNX direction="reverse").
+    initial_h, initial_c [H]: the state every sequence starts from (None: zeros).
     """
 
     w_x: np.ndarray
@@ -76,11 +90,14 @@ class LstmLayer:
     bias: np.ndarray
     reverse: bool = False
     name: str = "lstm"
+    initial_h: Optional[np.ndarray] = None
+    initial_c: Optional[np.ndarray] = None
 
     def __post_init__(self):
         object.__setattr__(self, "w_x", _frozen_array(self.w_x))
         object.__setattr__(self, "w_h", _frozen_array(self.w_h))
         object.__setattr__(self, "bias", _frozen_array(self.bias))
+        _check_initial_state(self, ("initial_h", "initial_c"))
         h, i = self.hidden_size, self.input_size
         if self.w_x.shape != (4, h, i) or self.w_h.shape != (4, h, h) or self.bias.shape != (4, h):
             raise ModelFormatError(
@@ -115,10 +132,12 @@ class GruLayer:
     linear_before_reset: bool = True
     reverse: bool = False
     name: str = "gru"
+    initial_h: Optional[np.ndarray] = None  # [H], the state every sequence starts from (None: zeros)
 
     def __post_init__(self):
         for label in ("w_x", "w_h", "b_x", "b_h"):
             object.__setattr__(self, label, _frozen_array(getattr(self, label)))
+        _check_initial_state(self, ("initial_h",))
         h, i = self.hidden_size, self.input_size
         if (self.w_x.shape != (3, h, i) or self.w_h.shape != (3, h, h) or self.b_x.shape != (3, h)
                 or self.b_h.shape != (3, h)):

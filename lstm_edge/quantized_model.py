@@ -61,6 +61,19 @@ def _frozen(a, dtype) -> np.ndarray:
     return a
 
 
+def _freeze_optional(obj, name: str, dtype) -> None:
+    if getattr(obj, name) is not None:
+        object.__setattr__(obj, name, _frozen(getattr(obj, name), dtype))
+
+
+def _optional_list(a):
+    return None if a is None else a.tolist()
+
+
+def _optional_array(v):
+    return None if v is None else np.array(v)
+
+
 @dataclass(frozen=True)
 class QRecurrentLayer:
     """What every integer recurrent layer has: per-gate int8 matrices, folded int32 biases, the
@@ -103,6 +116,13 @@ class QLstmLayer(QRecurrentLayer):
     hidden_requant: Requant       # 2^-30 / s_h: o * tanh(c) -> h
     cell_scale_power: int         # cell state scale = 2^cell_scale_power
     cell_clip: int = 0            # quantized clip, 0 = none
+    initial_hidden: Optional[np.ndarray] = None  # int8 [H] reset value (None: zp_h, a real zero)
+    initial_cell: Optional[np.ndarray] = None    # int16 [H] reset value (None: 0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _freeze_optional(self, "initial_hidden", np.int8)
+        _freeze_optional(self, "initial_cell", np.int16)
 
     @property
     def state_bytes(self) -> int:
@@ -123,6 +143,11 @@ class QGruLayer(QRecurrentLayer):
     hidden_to_q15_requant: Requant  # s_h / 2^-15: h_prev (minus zp) into Q0.15
     q15_to_hidden_requant: Requant  # 2^-15 / s_h: the new h from Q0.15 to int8
     linear_before_reset: bool = True
+    initial_hidden: Optional[np.ndarray] = None  # int8 [H] reset value (None: zp_h, a real zero)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _freeze_optional(self, "initial_hidden", np.int8)
 
     @property
     def state_bytes(self) -> int:
@@ -283,6 +308,7 @@ def _gru_to_dict(l: QGruLayer) -> dict:
         "input_q": _quant_to_dict(l.input_q),
         "hidden_q": _quant_to_dict(l.hidden_q),
         "linear_before_reset": bool(l.linear_before_reset),
+        "initial_hidden": _optional_list(l.initial_hidden),
     }
 
 
@@ -308,6 +334,8 @@ def _layer_to_dict(l) -> dict:
         "hidden_q": _quant_to_dict(l.hidden_q),
         "cell_scale_power": int(l.cell_scale_power),
         "cell_clip": int(l.cell_clip),
+        "initial_hidden": _optional_list(l.initial_hidden),
+        "initial_cell": _optional_list(l.initial_cell),
     }
 
 
@@ -357,7 +385,8 @@ def from_dict(d: dict) -> QuantizedModel:
             hidden_to_q15_requant=r(l["hidden_to_q15_requant"]),
             q15_to_hidden_requant=r(l["q15_to_hidden_requant"]),
             input_q=q(l["input_q"]), hidden_q=q(l["hidden_q"]),
-            linear_before_reset=bool(l["linear_before_reset"]))
+            linear_before_reset=bool(l["linear_before_reset"]),
+            initial_hidden=_optional_array(l.get("initial_hidden")))
 
     def lstm(l):
         return QLstmLayer(
@@ -374,7 +403,9 @@ def from_dict(d: dict) -> QuantizedModel:
             input_q=q(l["input_q"]),
             hidden_q=q(l["hidden_q"]),
             cell_scale_power=int(l["cell_scale_power"]),
-            cell_clip=int(l["cell_clip"]))
+            cell_clip=int(l["cell_clip"]),
+            initial_hidden=_optional_array(l.get("initial_hidden")),
+            initial_cell=_optional_array(l.get("initial_cell")))
 
     def layer(l):
         if l.get("kind") == "bidirectional":

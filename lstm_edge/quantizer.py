@@ -109,6 +109,11 @@ def quantize_gate_matrices(w_x, w_h, bias_x, bias_h, input_q: QuantParams, hidde
     return GateMatrices(np.stack(w_xq), np.stack(w_hq), np.stack(b_x), np.stack(b_h), tuple(req_x), tuple(req_h))
 
 
+def quantize_cell_state(c: np.ndarray, power: int) -> np.ndarray:
+    """A float cell state in the int16 cell scale 2^power (saturating)."""
+    return np.clip(round_half_away(np.asarray(c, dtype=np.float64) / 2.0 ** power), -32768, 32767).astype(np.int16)
+
+
 def lstm_cell_requants(cell_scale: float, hidden_scale: float) -> dict:
     """The LSTM's three inter-gate multipliers, as TFLM forms them from the tensors' scales."""
     return dict(
@@ -131,6 +136,8 @@ def quantize_lstm_layer(layer: LstmLayer, input_q: QuantParams, hidden_range: Ra
         input_bias=gates.input_bias, recurrent_bias=gates.recurrent_bias,
         input_requant=gates.input_requant, recurrent_requant=gates.recurrent_requant,
         **lstm_cell_requants(2.0 ** power, hidden_q.scale),
+        initial_hidden=None if layer.initial_h is None else hidden_q.quantize(layer.initial_h),
+        initial_cell=None if layer.initial_c is None else quantize_cell_state(layer.initial_c, power),
         input_q=input_q, hidden_q=hidden_q, cell_scale_power=power, cell_clip=0)
 
 
@@ -155,7 +162,8 @@ def quantize_gru_layer(layer: GruLayer, input_q: QuantParams, hidden_range: Rang
         input_requant=gates.input_requant, recurrent_requant=gates.recurrent_requant,
         hidden_to_q15_requant=Requant.from_real(effective_scale(hidden_q.scale, divisor=GATE_OUTPUT_SCALE)),
         q15_to_hidden_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, divisor=hidden_q.scale)),
-        input_q=input_q, hidden_q=hidden_q, linear_before_reset=layer.linear_before_reset)
+        input_q=input_q, hidden_q=hidden_q, linear_before_reset=layer.linear_before_reset,
+        initial_hidden=None if layer.initial_h is None else hidden_q.quantize(layer.initial_h))
 
 
 def activation_table(activation: Activation, input_q: QuantParams, output_q: QuantParams) -> np.ndarray:

@@ -42,14 +42,21 @@ class FloatTrace:
     dense_out: List[np.ndarray] = field(default_factory=list)
 
 
+def initial_state(vector, batch: int, width: int) -> np.ndarray:
+    """[N, H] start state: the layer's initial vector for every sequence, or zeros."""
+    if vector is None:
+        return np.zeros((batch, width))
+    return np.tile(np.asarray(vector, dtype=np.float64), (batch, 1))
+
+
 def lstm_layer_forward(layer: LstmLayer, x: np.ndarray):
     """x [N, T, I] -> (H_all [N, T, H], C_all [N, T, H]); zero initial state."""
     n, steps, _ = x.shape
     w_x = layer.w_x.astype(np.float64)
     w_h = layer.w_h.astype(np.float64)
     bias = layer.bias.astype(np.float64)
-    h_t = np.zeros((n, layer.hidden_size))
-    c_t = np.zeros((n, layer.hidden_size))
+    h_t = initial_state(layer.initial_h, n, layer.hidden_size)
+    c_t = initial_state(layer.initial_c, n, layer.hidden_size)
     h_all = np.zeros((n, steps, layer.hidden_size))
     c_all = np.zeros_like(h_all)
     order = range(steps - 1, -1, -1) if layer.reverse else range(steps)
@@ -71,7 +78,7 @@ def gru_layer_forward(layer: GruLayer, x: np.ndarray):
     n, steps, _ = x.shape
     w_x, w_h = layer.w_x.astype(np.float64), layer.w_h.astype(np.float64)
     b_x, b_h = layer.b_x.astype(np.float64), layer.b_h.astype(np.float64)
-    h_t = np.zeros((n, layer.hidden_size))
+    h_t = initial_state(layer.initial_h, n, layer.hidden_size)
     h_all = np.zeros((n, steps, layer.hidden_size))
     order = range(steps - 1, -1, -1) if layer.reverse else range(steps)
     for t in order:

@@ -183,8 +183,14 @@ def _layers_step(model: QuantizedModel, state: SimState, x_t: np.ndarray, traces
 # ------------------------------------------------------------------------- window models (bidirectional)
 
 def _initial_state(layer, batch: int):
-    return (np.full((batch, layer.hidden_size), layer.hidden_q.zero_point, dtype=np.int64),
-            np.zeros((batch, layer.hidden_size), dtype=np.int64))
+    """(h, c) a sequence starts from: the layer's initial vectors, else h = zp_h (a real zero), c = 0."""
+    hidden = getattr(layer, "initial_hidden", None)
+    cell = getattr(layer, "initial_cell", None)
+    h = np.full((batch, layer.hidden_size), layer.hidden_q.zero_point, dtype=np.int64) if hidden is None else \
+        np.tile(hidden.astype(np.int64), (batch, 1))
+    c = np.zeros((batch, layer.hidden_size), dtype=np.int64) if cell is None else \
+        np.tile(cell.astype(np.int64), (batch, 1))
+    return h, c
 
 
 def _layer_over_window(layer, x: np.ndarray, reverse: bool = False):

@@ -60,6 +60,35 @@ def check_against_graph(case, path: Path, seed: int = 0):
     return imported.model
 
 
+INITIAL_STATES = {  # constant non-zero initial states: the state every sequence starts from
+    "lstm_constant": Spec(features=4, hidden=(6,), state="nonzero"),
+    "lstm_constant_of_shape_ones": Spec(features=3, hidden=(5,), state="constant_of_shape_ones"),
+    "gru_constant": Spec(features=4, hidden=(6,), cell=("GRU",), state="nonzero"),
+    "bidirectional_lstm_constant": Spec(features=3, hidden=(4,), bidirectional=(True,), state="nonzero"),
+    "layout1_lstm_constant": Spec(features=3, hidden=(5,), layout=1, batch_first=True, state="nonzero"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(INITIAL_STATES))
+def test_constant_initial_states_are_read(key, tmp_path):
+    model = check_spec(INITIAL_STATES[key], tmp_path)
+    layer = model.recurrent_layers[0]
+    first = getattr(layer, "forward", layer)
+    assert first.initial_h is not None and np.any(first.initial_h)
+
+
+def test_initial_state_varying_over_the_batch_is_refused(tmp_path):
+    model, node = lstm_model(state="nonzero")
+    name = node.input[5]
+    for init in model.graph.initializer:
+        if init.name == name:
+            value = numpy_helper.to_array(init).copy()
+            value[:, 1] += 0.5
+            init.CopyFrom(numpy_helper.from_array(value, name))
+    with pytest.raises(UnsupportedModelError, match="differs between batch entries"):
+        load_onnx(save(model, tmp_path))
+
+
 def check_spec(spec: Spec, tmp_path: Path):
     case = build_case(spec)
     return check_against_graph(case, save(case.model, tmp_path))
@@ -489,10 +518,6 @@ REFUSALS = {
              UnsupportedModelError, ["'lstm_0' (LSTM)", "clip"]),
     "activations": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activations", ["Sigmoid", "Relu", "Tanh"])),
                     UnsupportedModelError, ["'lstm_0' (LSTM)", "activations", "Relu"]),
-    "nonzero_constant_state": (lambda: lstm_model(state="nonzero")[0],
-                               UnsupportedModelError, ["'lstm_0' (LSTM)", "non-zero initial_h", "not supported yet"]),
-    "nonzero_constant_of_shape_state": (lambda: lstm_model(state="constant_of_shape_ones")[0],
-                                        UnsupportedModelError, ["'lstm_0' (LSTM)", "non-zero", "not supported yet"]),
     "state_from_graph_input": (with_state_input, UnsupportedModelError, ["'lstm_0' (LSTM)", "graph input 'h0'"]),
     "hidden_size_mismatch": (lambda: edit_lstm(lambda m, n: set_attribute(n, "hidden_size", 10)),
                              ModelFormatError, ["'lstm_0' (LSTM)", "hidden_size=10", "proj_size"]),
@@ -531,8 +556,6 @@ REFUSALS = {
     "gru_activation_alpha": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activation_alpha", [0.5]),
                                                op="GRU", cell=("GRU",)),
                              UnsupportedModelError, ["'gru_0' (GRU)", "activation_alpha"]),
-    "gru_nonzero_state": (lambda: lstm_model(op="GRU", cell=("GRU",), state="nonzero")[0],
-                          UnsupportedModelError, ["'gru_0' (GRU)", "non-zero initial_h"]),
     "gru_state_from_graph_input": (lambda: with_state_input(op="GRU", cell=("GRU",)), UnsupportedModelError,
                                    ["'gru_0' (GRU)", "graph input 'h0'"]),
     "gru_linear_before_reset_2": (lambda: edit_lstm(lambda m, n: set_attribute(n, "linear_before_reset", 2),
@@ -550,8 +573,6 @@ REFUSALS = {
     "bidirectional_activations": (lambda: edit_lstm(lambda m, n: set_attribute(
         n, "activations", ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Relu", "Tanh"]), bidirectional=(True,)),
         UnsupportedModelError, ["'lstm_0' (LSTM)", "activations", "Relu"]),
-    "bidirectional_nonzero_state": (lambda: lstm_model(bidirectional=(True,), state="nonzero")[0],
-                                    UnsupportedModelError, ["'lstm_0' (LSTM)", "non-zero initial_h"]),
     "bidirectional_backward_state_only": (lambda: bidirectional_case("backward_only_into_head"), UnsupportedModelError,
                                           ["'fc' (Gemm)", "only the backward direction", "bi_0", "h_n[-2]"]),
     "bidirectional_forward_state_output": (lambda: bidirectional_case("forward_only_output", "GRU"),

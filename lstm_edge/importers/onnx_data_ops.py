@@ -22,7 +22,7 @@ import onnx
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..ir import Activation, BidirectionalLayer, DenseLayer
 from .onnx_graph import axes_param, describe, int_list, node_attrs, slice_params
-from .onnx_values import (DIRECTIONS, FIRST, LAST, UNIT, Axis, AxisRoles, Blocked, Data, StateStack,
+from .onnx_values import (DIRECTIONS, FIRST, LAST, MERGED, UNIT, Axis, AxisRoles, Blocked, Data, StateStack,
                           as_shape_vec, index_kind, positions, shape_of)
 
 DATA_PATH_SUPPORT = ("supported: LSTM, GRU, Gemm, MatMul, Add (bias), Relu, Tanh, Sigmoid, Softmax, "
@@ -39,6 +39,8 @@ class ImportContext:
     roles: AxisRoles = field(default_factory=AxisRoles)
     lstm_count: int = 0
     dense_count: int = 0
+    # MERGED label -> (the batch and time axes it joins, in order; the refusal if never split back)
+    merged: dict = field(default_factory=dict)
 
     def role(self, axis: Axis) -> str:
         return self.roles.role(axis.label) or f"input axis {axis.label[2:]}"
@@ -176,6 +178,42 @@ def reshape_axes(ctx, node, x: Data, entries) -> List[Axis]:
     return out
 
 
+def _merge_batch_time(ctx, node, x: Data, entries) -> Optional[List[Axis]]:
+    """[batch, time, F] -> [-1, F] (either order of batch and time): how Keras applies a Dense
+    layer to every step (Tensordot). The merged axis may only reach a dense head and be split
+    back into the same axes by a later Reshape; None if `entries` are not such a merge."""
+    meaningful = [a for a in x.axes if a.label != UNIT]
+    if len(entries) != 2 or len(meaningful) != 3:
+        return None
+    first, second, features = meaningful
+    roles = {ctx.roles.role(first.label), ctx.roles.role(second.label)}
+    if roles != {"batch", "time"} or ctx.roles.role(features.label) != "feature":
+        return None
+    size = first.size * second.size if None not in (first.size, second.size) else None
+    head, tail = entries
+    if head.label is not None or not (head.size == -1 or (size is not None and head.size == size)) \
+            or not _fits(tail, features):
+        return None
+    label = f"{MERGED}{node.output[0]}"
+    ctx.merged[label] = ((first, second), refuse(
+        node, f"reshapes {ctx.axes_text(x)} to [-1, {features.size or '?'}], merging batch and time, and no later "
+              f"Reshape splits them back; only reshapes that add or remove size-1 axes, merge num_directions "
+              f"into the features, or merge batch and time around a per-step dense layer (Keras' Tensordot) "
+              f"and split them back are supported"))
+    return [Axis(label, size), features]
+
+
+def _split_merged(ctx, node, x: Data, entries) -> Optional[List[Axis]]:
+    """Undo _merge_batch_time: the target must give the merged axes back, in order."""
+    if not any(a.label in ctx.merged for a in x.axes):
+        return None
+    parts = tuple(p for a in x.axes for p in (ctx.merged[a.label][0] if a.label in ctx.merged else (a,)))
+    try:
+        return reshape_axes(ctx, node, x.with_axes(parts), entries)
+    except UnsupportedModelError:
+        return None
+
+
 def op_reshape(ctx, node, inputs) -> list:
     x = data_input(node, inputs)
     target = as_shape_vec(inputs[1]) if len(inputs) > 1 else None
@@ -189,7 +227,13 @@ def op_reshape(ctx, node, inputs) -> list:
                 raise _reshape_error(ctx, node, x, target.dims)
             entry = x.dims[k]  # 0 copies the input's size at that position
         entries.append(entry)
-    return [x.with_axes(reshape_axes(ctx, node, x, entries))]
+    try:
+        return [x.with_axes(reshape_axes(ctx, node, x, entries))]
+    except UnsupportedModelError:
+        axes = _split_merged(ctx, node, x, entries) or _merge_batch_time(ctx, node, x, entries)
+        if axes is None:
+            raise
+        return [x.with_axes(axes)]
 
 
 def op_flatten(ctx, node, inputs) -> list:

@@ -194,6 +194,9 @@ def _assemble(path: Path, ctx: ImportContext, final, input_name: str, output_nam
         raise UnsupportedModelError(f"output '{output_name}' is only the {final.part} direction of bidirectional "
                                     f"layer '{final.lstm[-1].name}'; only both directions, concatenated "
                                     f"[forward, backward], are supported")
+    for axis in final.axes:
+        if axis.label in ctx.merged:  # batch and time flattened by a Reshape and never split back
+            raise ctx.merged[axis.label][1]
     input_layout = _input_layout(ctx, input_name)
     output_axes = tuple(ctx.roles.role(a.label) for a in final.axes)
     _check_output_axes(output_name, output_axes, final.last_step)

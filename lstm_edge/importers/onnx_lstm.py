@@ -9,7 +9,7 @@ forward over time, direction 1 over reversed time, and its outputs are stored in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 import numpy as np
@@ -100,24 +100,47 @@ def hidden_size(node, attrs: dict, w: np.ndarray, r: np.ndarray, kind: CellKind 
     return hidden
 
 
-def check_initial_state(node, slot: str, value, hidden: int, kind: CellKind = LSTM) -> None:
-    """Only a zero initial state is supported; its width must match the weights."""
+def check_initial_state(node, slot: str, value, hidden: int, kind: CellKind = LSTM, directions: int = 1,
+                        layout: int = 0):
+    """The initial state as one [H] vector per direction, or None for zeros. A constant state is
+    the start of every sequence, so all its batch rows must be equal; its width must match the weights."""
     if value is None:
-        return
+        return None
     if isinstance(value, Data):
-        raise refuse(node, f"{slot} computed from the model input is not supported yet (only a zero initial state)")
+        raise refuse(node, f"{slot} computed from the model input is not supported yet (only constant initial states)")
     if isinstance(value, np.ndarray):
-        zero, width = not np.any(value), (value.shape[-1] if value.ndim else None)
+        width = value.shape[-1] if value.ndim else None
     elif isinstance(value, Fill):
-        zero, width = value.value == 0, (value.dims[-1].size if value.dims else None)
+        width = value.dims[-1].size if value.dims else None
     else:
-        raise refuse(node, f"{slot} must be a constant or a zero tensor built from shapes")
-    if not zero:
-        raise refuse(node, f"a non-zero {slot} is not supported yet (only a zero initial state)")
+        raise refuse(node, f"{slot} must be a constant or a tensor filled from shapes")
     if width is not None and width != hidden:
         hint = f"; {PROJ_HINT}" if kind is LSTM else ""
         raise ModelFormatError(f"{describe(node)}: {slot} has {width} features but the weights give "
                                f"hidden size {hidden}{hint}")
+    if isinstance(value, Fill):
+        return None if value.value == 0 else [np.full(hidden, value.value, np.float32)] * directions
+    if not np.any(value):
+        return None
+    state = np.asarray(value, dtype=np.float32)
+    if state.ndim != 3:
+        raise ModelFormatError(f"{describe(node)}: {slot} has shape {list(state.shape)}, not 3-D")
+    if layout == 1:  # [batch, directions, H] -> [directions, batch, H]
+        state = state.transpose(1, 0, 2)
+    if state.shape[0] != directions or np.any(state != state[:, :1]):
+        raise refuse(node, f"a {slot} that differs between batch entries is not supported (the compiled model "
+                           "starts every sequence from one state)")
+    return [state[d, 0] for d in range(directions)]
+
+
+def with_initial_state(layer, states: dict):
+    """Put per-direction initial vectors {field: [vector per direction]} on the IR layer(s)."""
+    if not states:
+        return layer
+    if isinstance(layer, BidirectionalLayer):
+        return replace(layer, forward=replace(layer.forward, **{k: v[0] for k, v in states.items()}),
+                       backward=replace(layer.backward, **{k: v[1] for k, v in states.items()}))
+    return replace(layer, **{k: v[0] for k, v in states.items()})
 
 
 def _bind_axes(ctx: ImportContext, node, x: Data, layout: int):
@@ -210,8 +233,12 @@ def op_recurrent(ctx: ImportContext, node, inputs, kind: CellKind) -> list:
         if peephole is not None and np.any(peephole):
             raise refuse(node, "peephole weights P are not supported")
     hidden = layer.forward.hidden_size if directions == 2 else layer.hidden_size
+    states = {}
     for slot, k in kind.states:
-        check_initial_state(node, slot, inputs[k], hidden, kind)
+        vectors = check_initial_state(node, slot, inputs[k], hidden, kind, directions, attrs.get("layout", 0))
+        if vectors is not None:
+            states[slot] = vectors
+    layer = with_initial_state(layer, states)
     ctx.lstm_count += 1
     return _outputs(node, x, layer, layout, time, batch, hidden, directions, kind)
 

@@ -27,6 +27,9 @@ from ..ir import DenseLayer
 from .onnx_graph import axes_param, describe, first_line, int_list, node_attrs, slice_params
 
 UNIT = "unit"  # label of a size-1 axis that carries no meaning (num_directions, kept last step)
+# Label prefix of the batch and time axes flattened into one (Keras' Dense on a sequence:
+# Reshape [N, T, F] -> [N*T, F], MatMul, Reshape back); ImportContext.merged keeps the parts.
+MERGED = "merged:"
 # Two large, different sizes stand in for a run-time size when interpreting Slice/Gather indices.
 PROBE_SIZES = (1009, 1013)
 
@@ -127,6 +130,8 @@ class AxisRoles:
             return "feature"
         if label.startswith("direction"):
             return "direction"
+        if label.startswith(MERGED):
+            return "batch*time"
         return self.bound.get(label)
 
 
@@ -296,6 +301,8 @@ def _fill_op(node, inputs, opset) -> Optional[list]:
         return [Fill(vec.dims, value)] if vec is not None and not vec.scalar else None
     if op == "Expand":
         return _expand(fill, as_shape_vec(inputs[1]))
+    if op == "Concat":
+        return _concat_fills(inputs, attrs.get("axis"))
     if not isinstance(fill, Fill):
         return None
     dims = fill.dims
@@ -323,6 +330,21 @@ def _fill_op(node, inputs, opset) -> Optional[list]:
                (Dim(None) if d.size == -1 and d.label is None else d) for k, d in enumerate(target.dims)]
         return [Fill(tuple(new), fill.value)]
     return None
+
+
+def _concat_fills(inputs, axis) -> Optional[list]:
+    """Fills of one value joined along `axis` (tf2onnx stacks a bidirectional layer's two zero
+    initial states this way)."""
+    if axis is None or not inputs or not all(isinstance(v, Fill) for v in inputs):
+        return None
+    first = inputs[0]
+    rank = len(first.dims)
+    if not rank or any(v.value != first.value or len(v.dims) != rank for v in inputs):
+        return None
+    axis %= rank
+    sizes = [v.dims[axis].size for v in inputs]
+    joined = Dim(sum(sizes) if None not in sizes else None)
+    return [Fill(first.dims[:axis] + (joined,) + first.dims[axis + 1:], first.value)]
 
 
 def _squeeze_dims(op, dims, axes) -> Tuple[Dim, ...]:
