@@ -6,6 +6,7 @@ Written by the quantizer, read by the C generator and the simulator, saved next 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +65,6 @@ def _frozen(a, dtype) -> np.ndarray:
 def _freeze_optional(obj, name: str, dtype) -> None:
     if getattr(obj, name) is not None:
         object.__setattr__(obj, name, _frozen(getattr(obj, name), dtype))
-
-
-def _optional_list(a):
-    return None if a is None else a.tolist()
-
-
-def _optional_array(v):
-    return None if v is None else np.array(v)
 
 
 @dataclass(frozen=True)
@@ -284,87 +277,72 @@ class QuantizedModel:
 
 
 # ---------------------------------------------------------------------- JSON (de)serialization
+# One codec for every layer dataclass, driven by its fields: arrays become nested lists,
+# Requant [multiplier, shift], QuantParams {scale, zero_point}; the field name says how to read
+# a value back (*_requant / requant, *_q, arrays by the layer's dtype table below).
 
-def _quant_to_dict(q: QuantParams):
-    return {"scale": float(q.scale), "zero_point": int(q.zero_point)}
-
-
-def _requant_to_list(r: Requant):
-    return [int(r.multiplier), int(r.shift)]
-
-
-def _gru_to_dict(l: QGruLayer) -> dict:
-    return {
-        "kind": "gru",
-        "name": l.name,
-        "input_weights": l.input_weights.tolist(),
-        "recurrent_weights": l.recurrent_weights.tolist(),
-        "input_bias": l.input_bias.tolist(),
-        "recurrent_bias": l.recurrent_bias.tolist(),
-        "input_requant": [_requant_to_list(r) for r in l.input_requant],
-        "recurrent_requant": [_requant_to_list(r) for r in l.recurrent_requant],
-        "hidden_to_q15_requant": _requant_to_list(l.hidden_to_q15_requant),
-        "q15_to_hidden_requant": _requant_to_list(l.q15_to_hidden_requant),
-        "input_q": _quant_to_dict(l.input_q),
-        "hidden_q": _quant_to_dict(l.hidden_q),
-        "linear_before_reset": bool(l.linear_before_reset),
-        "initial_hidden": _optional_list(l.initial_hidden),
-    }
+_ARRAY_DTYPES = {"input_weights": np.int8, "recurrent_weights": np.int8, "input_bias": np.int32,
+                 "recurrent_bias": np.int32, "weights": np.int8, "bias": np.int32, "table": np.int8,
+                 "initial_hidden": np.int8, "initial_cell": np.int16}
 
 
-def _layer_to_dict(l) -> dict:
-    if isinstance(l, QBidirectionalLayer):
-        return {"kind": "bidirectional", "name": l.name, "forward": _layer_to_dict(l.forward),
-                "backward": _layer_to_dict(l.backward)}
-    if isinstance(l, QGruLayer):
-        return _gru_to_dict(l)
-    return {
-        "kind": "lstm",
-        "name": l.name,
-        "input_weights": l.input_weights.tolist(),
-        "recurrent_weights": l.recurrent_weights.tolist(),
-        "input_bias": l.input_bias.tolist(),
-        "recurrent_bias": l.recurrent_bias.tolist(),
-        "input_requant": [_requant_to_list(r) for r in l.input_requant],
-        "recurrent_requant": [_requant_to_list(r) for r in l.recurrent_requant],
-        "forget_cell_requant": _requant_to_list(l.forget_cell_requant),
-        "input_cell_requant": _requant_to_list(l.input_cell_requant),
-        "hidden_requant": _requant_to_list(l.hidden_requant),
-        "input_q": _quant_to_dict(l.input_q),
-        "hidden_q": _quant_to_dict(l.hidden_q),
-        "cell_scale_power": int(l.cell_scale_power),
-        "cell_clip": int(l.cell_clip),
-        "initial_hidden": _optional_list(l.initial_hidden),
-        "initial_cell": _optional_list(l.initial_cell),
-    }
+def _encode(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Requant):
+        return [int(value.multiplier), int(value.shift)]
+    if isinstance(value, QuantParams):
+        return {"scale": float(value.scale), "zero_point": int(value.zero_point)}
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, Activation):
+        return value.value
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return int(value)  # numpy integers
+
+
+def _decode(name: str, value):
+    if value is None:
+        return None
+    if name in _ARRAY_DTYPES:
+        return np.array(value, dtype=_ARRAY_DTYPES[name])
+    if name.endswith("requant"):
+        return tuple(Requant(int(m), int(s)) for m, s in value) if value and isinstance(value[0], list) \
+            else Requant(int(value[0]), int(value[1]))
+    if name.endswith("_q"):
+        return QuantParams(float(value["scale"]), int(value["zero_point"]))
+    if name == "activation":
+        return Activation(value)
+    return value
+
+
+def _layer_to_dict(layer) -> dict:
+    if isinstance(layer, QBidirectionalLayer):
+        return {"kind": "bidirectional", "name": layer.name, "forward": _layer_to_dict(layer.forward),
+                "backward": _layer_to_dict(layer.backward)}
+    kind = {QLstmLayer: "lstm", QGruLayer: "gru", QDenseLayer: "dense"}[type(layer)]
+    return {"kind": kind, **{f.name: _encode(getattr(layer, f.name)) for f in dataclasses.fields(layer)}}
+
+
+def _layer_from_dict(d: dict):
+    if d["kind"] == "bidirectional":
+        return QBidirectionalLayer(name=d["name"], forward=_layer_from_dict(d["forward"]),
+                                   backward=_layer_from_dict(d["backward"]))
+    cls = {"lstm": QLstmLayer, "gru": QGruLayer, "dense": QDenseLayer}[d["kind"]]
+    return cls(**{f.name: _decode(f.name, d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
+
+
+_MODEL_FIELDS = ("name", "source", "sequence_output", "final_softmax", "last_step_from", "max_steps")
 
 
 def to_dict(model: QuantizedModel) -> dict:
-    layers = [_layer_to_dict(l) for l in model.recurrent_layers]
-    head = [{
-        "name": d.name,
-        "weights": d.weights.tolist(),
-        "bias": d.bias.tolist(),
-        "requant": [_requant_to_list(r) for r in d.requant],
-        "input_q": _quant_to_dict(d.input_q),
-        "output_q": _quant_to_dict(d.output_q),
-        "activation": d.activation.value,
-        "activation_min": int(d.activation_min),
-        "activation_max": int(d.activation_max),
-        "table": None if d.table is None else d.table.tolist(),
-        "table_q": None if d.table_q is None else _quant_to_dict(d.table_q),
-    } for d in model.head]
     return {
         "format": "lstm-edge quantized model",
         "format_version": FORMAT_VERSION,
-        "name": model.name,
-        "source": model.source,
-        "sequence_output": bool(model.sequence_output),
-        "final_softmax": model.final_softmax,
-        "last_step_from": model.last_step_from,
-        "max_steps": int(model.max_steps),
-        "recurrent_layers": layers,
-        "head": head,
+        **{name: _encode(getattr(model, name)) for name in _MODEL_FIELDS},
+        "recurrent_layers": [_layer_to_dict(l) for l in model.recurrent_layers],
+        "head": [_layer_to_dict(d) for d in model.head],
     }
 
 
@@ -372,64 +350,9 @@ def from_dict(d: dict) -> QuantizedModel:
     if d.get("format_version") != FORMAT_VERSION:
         raise ModelFormatError(f"quantized model format version {d.get('format_version')!r} is not "
                                f"{FORMAT_VERSION}: recompile the model with this lstm-edge")
-    q = lambda v: QuantParams(float(v["scale"]), int(v["zero_point"]))  # noqa: E731
-    r = lambda v: Requant(int(v[0]), int(v[1]))  # noqa: E731
-
-    def gru(l):
-        return QGruLayer(
-            name=l["name"], input_weights=np.array(l["input_weights"]),
-            recurrent_weights=np.array(l["recurrent_weights"]), input_bias=np.array(l["input_bias"]),
-            recurrent_bias=np.array(l["recurrent_bias"]),
-            input_requant=tuple(r(v) for v in l["input_requant"]),
-            recurrent_requant=tuple(r(v) for v in l["recurrent_requant"]),
-            hidden_to_q15_requant=r(l["hidden_to_q15_requant"]),
-            q15_to_hidden_requant=r(l["q15_to_hidden_requant"]),
-            input_q=q(l["input_q"]), hidden_q=q(l["hidden_q"]),
-            linear_before_reset=bool(l["linear_before_reset"]),
-            initial_hidden=_optional_array(l.get("initial_hidden")))
-
-    def lstm(l):
-        return QLstmLayer(
-            name=l["name"],
-            input_weights=np.array(l["input_weights"]),
-            recurrent_weights=np.array(l["recurrent_weights"]),
-            input_bias=np.array(l["input_bias"]),
-            recurrent_bias=np.array(l["recurrent_bias"]),
-            input_requant=tuple(r(v) for v in l["input_requant"]),
-            recurrent_requant=tuple(r(v) for v in l["recurrent_requant"]),
-            forget_cell_requant=r(l["forget_cell_requant"]),
-            input_cell_requant=r(l["input_cell_requant"]),
-            hidden_requant=r(l["hidden_requant"]),
-            input_q=q(l["input_q"]),
-            hidden_q=q(l["hidden_q"]),
-            cell_scale_power=int(l["cell_scale_power"]),
-            cell_clip=int(l["cell_clip"]),
-            initial_hidden=_optional_array(l.get("initial_hidden")),
-            initial_cell=_optional_array(l.get("initial_cell")))
-
-    def layer(l):
-        if l.get("kind") == "bidirectional":
-            return QBidirectionalLayer(name=l["name"], forward=layer(l["forward"]), backward=layer(l["backward"]))
-        return gru(l) if l.get("kind") == "gru" else lstm(l)
-
-    layers = tuple(layer(l) for l in d["recurrent_layers"])
-    head = tuple(QDenseLayer(
-        name=h["name"],
-        weights=np.array(h["weights"]),
-        bias=np.array(h["bias"]),
-        requant=tuple(r(v) for v in h["requant"]),
-        input_q=q(h["input_q"]),
-        output_q=q(h["output_q"]),
-        activation=Activation(h["activation"]),
-        activation_min=int(h["activation_min"]),
-        activation_max=int(h["activation_max"]),
-        table=None if h["table"] is None else np.array(h["table"]),
-        table_q=None if h["table_q"] is None else q(h["table_q"]),
-    ) for h in d["head"])
-    return QuantizedModel(name=d["name"], recurrent_layers=layers, head=head,
-                          sequence_output=bool(d["sequence_output"]),
-                          final_softmax=d.get("final_softmax"), source=d.get("source", ""),
-                          last_step_from=d.get("last_step_from", "final_state"), max_steps=int(d.get("max_steps", 0)))
+    return QuantizedModel(**{name: d[name] for name in _MODEL_FIELDS},
+                          recurrent_layers=tuple(_layer_from_dict(l) for l in d["recurrent_layers"]),
+                          head=tuple(_layer_from_dict(h) for h in d["head"]))
 
 
 def save(model: QuantizedModel, path: Path) -> None:

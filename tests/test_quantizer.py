@@ -507,3 +507,14 @@ def test_rounding_ties_and_near_ties():
     got = qm.round_half_away(np.array([0.5, -0.5, 2.5, -2.5, 0.49999999999999994, -0.49999999999999994]))
     assert got.tolist() == [1, -1, 3, -3, 0, 0]
     assert asymmetric_int8(Range(-1.5, 253.5)).zero_point == -127  # -126.5 rounds away from zero, as TFLite
+
+
+@pytest.mark.parametrize("kinds", [["gru", "gru0"], ["bilstm", "lstm"], ["bigru"]])
+def test_json_round_trip_of_every_layer_kind(tmp_path, kinds):
+    model = random_model(4, [5] * len(kinds), [(3, "relu"), (2, "tanh")], sequence_output=False, kinds=kinds, seed=3)
+    q = quantize(model, calibrate(model, signal_like(np.random.default_rng(0), 16, 6, 4)), "k", max_steps=6)
+    qm.save(q, tmp_path / "k.json")
+    back = qm.load(tmp_path / "k.json")
+    assert qm.to_dict(back) == qm.to_dict(q)
+    x = np.random.default_rng(1).integers(-128, 128, (20, 6, 4)).astype(np.int8)
+    assert np.array_equal(simulate(back, x), simulate(q, x))
