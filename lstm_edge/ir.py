@@ -63,6 +63,26 @@ def _frozen_array(a: np.ndarray, dtype=np.float32) -> np.ndarray:
     return a
 
 
+def _check_gate_arrays(layer, kind: str, gates: int, arrays, states) -> None:
+    """Freeze a recurrent layer's arrays and check them: w_x [G, H, I], w_h [G, H, H], biases [G, H],
+    all finite; then its optional initial-state vectors."""
+    for label in arrays:
+        object.__setattr__(layer, label, _frozen_array(getattr(layer, label)))
+    if layer.w_x.ndim != 3:
+        raise ModelFormatError(f"{kind} layer '{layer.name}': w_x has shape {list(layer.w_x.shape)}, not [G, H, I]")
+    h, i = layer.w_x.shape[1], layer.w_x.shape[2]
+    wanted = {"w_x": (gates, h, i), "w_h": (gates, h, h)}
+    shapes = {label: getattr(layer, label).shape for label in arrays}
+    if any(shape != wanted.get(label, (gates, h)) for label, shape in shapes.items()):
+        listed = " ".join(f"{label}{list(shape)}" for label, shape in shapes.items())
+        raise ModelFormatError(f"{kind} layer '{layer.name}': inconsistent shapes {listed} for {gates} gates of "
+                               f"{h} units")
+    for label in arrays:
+        if not np.all(np.isfinite(getattr(layer, label))):
+            raise ModelFormatError(f"{kind} layer '{layer.name}': {label} contains NaN or Inf")
+    _check_initial_state(layer, states)
+
+
 def _check_initial_state(layer, names) -> None:
     """Freeze the optional initial-state vectors and check they are [H] and finite."""
     for label in names:
@@ -94,18 +114,7 @@ class LstmLayer:
     initial_c: Optional[np.ndarray] = None
 
     def __post_init__(self):
-        object.__setattr__(self, "w_x", _frozen_array(self.w_x))
-        object.__setattr__(self, "w_h", _frozen_array(self.w_h))
-        object.__setattr__(self, "bias", _frozen_array(self.bias))
-        _check_initial_state(self, ("initial_h", "initial_c"))
-        h, i = self.hidden_size, self.input_size
-        if self.w_x.shape != (4, h, i) or self.w_h.shape != (4, h, h) or self.bias.shape != (4, h):
-            raise ModelFormatError(
-                f"LSTM layer '{self.name}': inconsistent shapes W{self.w_x.shape} R{self.w_h.shape} "
-                f"B{self.bias.shape} for hidden size {h}, input size {i}")
-        for label, arr in (("W", self.w_x), ("R", self.w_h), ("B", self.bias)):
-            if not np.all(np.isfinite(arr)):
-                raise ModelFormatError(f"LSTM layer '{self.name}': {label} contains NaN or Inf")
+        _check_gate_arrays(self, "LSTM", 4, ("w_x", "w_h", "bias"), ("initial_h", "initial_c"))
 
     @property
     def input_size(self) -> int:
@@ -135,18 +144,7 @@ class GruLayer:
     initial_h: Optional[np.ndarray] = None  # [H], the state every sequence starts from (None: zeros)
 
     def __post_init__(self):
-        for label in ("w_x", "w_h", "b_x", "b_h"):
-            object.__setattr__(self, label, _frozen_array(getattr(self, label)))
-        _check_initial_state(self, ("initial_h",))
-        h, i = self.hidden_size, self.input_size
-        if (self.w_x.shape != (3, h, i) or self.w_h.shape != (3, h, h) or self.b_x.shape != (3, h)
-                or self.b_h.shape != (3, h)):
-            raise ModelFormatError(
-                f"GRU layer '{self.name}': inconsistent shapes W{self.w_x.shape} R{self.w_h.shape} "
-                f"Wb{self.b_x.shape} Rb{self.b_h.shape} for hidden size {h}, input size {i}")
-        for label in ("w_x", "w_h", "b_x", "b_h"):
-            if not np.all(np.isfinite(getattr(self, label))):
-                raise ModelFormatError(f"GRU layer '{self.name}': {label} contains NaN or Inf")
+        _check_gate_arrays(self, "GRU", 3, ("w_x", "w_h", "b_x", "b_h"), ("initial_h",))
 
     @property
     def input_size(self) -> int:
