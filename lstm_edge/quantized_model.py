@@ -18,7 +18,7 @@ from .errors import ModelFormatError
 from .fixedpoint import quantize_multiplier
 from .ir import Activation
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def round_half_away(v):
