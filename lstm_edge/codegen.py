@@ -168,7 +168,8 @@ def _layer_context(k, layer, source: str) -> dict:
             f"input_cell_requant = {c_requant(layer.input_cell_requant)}",
             f"hidden_requant = {c_requant(layer.hidden_requant)}",
             f"hidden_zero_point = {layer.hidden_q.zero_point}",
-            f"cell_tanh_shift = {layer.cell_tanh_shift}", f"cell_clip = {layer.cell_clip}"],
+            f"cell_tanh_shift = {layer.cell_tanh_shift}", f"cell_clip = {layer.cell_clip}",
+            f"gate_clip = {layer.gate_clip}", f"input_forget = {1 if layer.input_forget else 0}"],
         state=[hidden, cell],
         step=f"lstm_layer_step(&layer{k}_params, {source}, s->hidden_{k}, s->cell_{k}, h_next)")
 

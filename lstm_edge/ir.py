@@ -103,6 +103,7 @@ class LstmLayer:
     w_x [4, H, I], w_h [4, H, H], bias [4, H] (input and recurrent biases already summed).
     `reverse` layers run over the sequence back to front (ONNX direction="reverse").
     initial_h, initial_c [H]: the state every sequence starts from (None: zeros).
+    clip, input_forget: ONNX's attributes (clip bounds the gates' pre-activations; input_forget sets f = 1 - i).
     """
 
     w_x: np.ndarray
@@ -112,9 +113,13 @@ class LstmLayer:
     name: str = "lstm"
     initial_h: Optional[np.ndarray] = None
     initial_c: Optional[np.ndarray] = None
+    clip: Optional[float] = None   # ONNX clip: gate pre-activations bounded to +-clip
+    input_forget: bool = False     # ONNX input_forget: f = 1 - i
 
     def __post_init__(self):
         _check_gate_arrays(self, "LSTM", 4, ("w_x", "w_h", "bias"), ("initial_h", "initial_c"))
+        if self.clip is not None and not (np.isfinite(self.clip) and self.clip > 0):
+            raise ModelFormatError(f"LSTM layer '{self.name}': clip must be a positive number, got {self.clip}")
 
     @property
     def input_size(self) -> int:

@@ -109,6 +109,8 @@ class QLstmLayer(QRecurrentLayer):
     hidden_requant: Requant       # 2^-30 / s_h: o * tanh(c) -> h
     cell_scale_power: int         # cell state scale = 2^cell_scale_power
     cell_clip: int = 0            # quantized clip, 0 = none
+    gate_clip: int = 0            # ONNX clip on the Q3.12 pre-activations, 0 = none
+    input_forget: bool = False    # ONNX input_forget: f = 1 - i
     initial_hidden: Optional[np.ndarray] = None  # int8 [H] reset value (None: zp_h, a real zero)
     initial_cell: Optional[np.ndarray] = None    # int16 [H] reset value (None: 0)
 

@@ -138,6 +138,8 @@ def quantize_lstm_layer(layer: LstmLayer, input_q: QuantParams, hidden_range: Ra
         **lstm_cell_requants(2.0 ** power, hidden_q.scale),
         initial_hidden=None if layer.initial_h is None else hidden_q.quantize(layer.initial_h),
         initial_cell=None if layer.initial_c is None else quantize_cell_state(layer.initial_c, power),
+        gate_clip=0 if layer.clip is None else int(min(round_half_away(layer.clip / GATE_INPUT_SCALE), 32767)),
+        input_forget=bool(layer.input_forget),
         input_q=input_q, hidden_q=hidden_q, cell_scale_power=power, cell_clip=0)
 
 

@@ -64,7 +64,11 @@ def lstm_layer_forward(layer: LstmLayer, x: np.ndarray):
         x_t = x[:, t, :].astype(np.float64)
         # pre[g] = Xt*W[g]^T + Ht-1*R[g]^T + B[g], for g in (i, f, c, o)
         pre = np.einsum("nk,ghk->gnh", x_t, w_x) + np.einsum("nk,ghk->gnh", h_t, w_h) + bias[:, None, :]
+        if layer.clip is not None:  # ONNX clip acts on the activations' inputs (the gates, not Ct)
+            pre = np.clip(pre, -layer.clip, layer.clip)
         i_t, f_t, o_t = sigmoid(pre[0]), sigmoid(pre[1]), sigmoid(pre[3])
+        if layer.input_forget:  # coupled gates
+            f_t = 1.0 - i_t
         g_t = np.tanh(pre[2])
         c_t = f_t * c_t + i_t * g_t
         h_t = o_t * np.tanh(c_t)

@@ -40,6 +40,11 @@ def lstm_gate_preactivation(layer: QLstmLayer, x: np.ndarray, h: np.ndarray) -> 
     return saturate_int16(from_input + from_hidden)
 
 
+def lstm_clip_gates(layer: QLstmLayer, pre):
+    """ONNX clip: every gate's pre-activation bounded to +-gate_clip before its activation."""
+    return np.clip(pre, -layer.gate_clip, layer.gate_clip)
+
+
 def lstm_cell_update(layer: QLstmLayer, cell, forget, input_gate, candidate):
     """c = clip( sat16( sat16(RQ(f * c_prev)) + sat16(RQ(i * g)) ) )"""
     fc, ic = layer.forget_cell_requant, layer.input_cell_requant
@@ -72,8 +77,11 @@ class GateTrace:
 def lstm_layer_step(layer: QLstmLayer, x, h, c, trace: Optional[list] = None):
     """One step for the whole batch: returns (h_new, c_new); h, c are not modified."""
     pre = lstm_gate_preactivation(layer, x, h)
+    if layer.gate_clip > 0:
+        pre = lstm_clip_gates(layer, pre)
     i_gate = sigmoid_q15(pre[GATE_INPUT])
-    f_gate = sigmoid_q15(pre[GATE_FORGET])
+    # input_forget: f = 1 - i in Q0.15
+    f_gate = saturate_int16(32768 - i_gate) if layer.input_forget else sigmoid_q15(pre[GATE_FORGET])
     g_gate = tanh_q15(pre[GATE_CELL], 0)
     o_gate = sigmoid_q15(pre[GATE_OUTPUT])
     c_new = lstm_cell_update(layer, c, f_gate, i_gate, g_gate)

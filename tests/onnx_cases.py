@@ -537,3 +537,74 @@ def h_n_case(tail: str) -> onnx.ModelProto:
         raise ValueError(tail)
     b.add_output(out)
     return b.model(tail)
+
+
+# --- streaming exports: initial states as graph inputs -------------------------------------
+
+STATE_CASES = ("lstm", "lstm_batch_first", "lstm_layout1", "lstm_layout1_transpose", "stacked", "gru",
+               "bidirectional", "state_on_data_path")
+
+
+@dataclass
+class StateCase:
+    case: Case
+    states: dict  # graph input name -> shape with the batch size filled in
+    output: str  # the graph output to import (the sequence)
+
+
+def state_input_case(kind: str, features: int = 4, hidden: int = 5, batch: int = 3, steps: int = 6,
+                     seed: int = 0) -> StateCase:
+    """What PyTorch writes for forward(x, h0, c0) -> (y, h_n, c_n): the recurrent state enters as
+    graph inputs ([layers * directions, N, H], or [N, D, H] for layout=1) and leaves as outputs.
+    "stacked": two layers taking h0[0:1] / h0[1:2] (Slice) and c0[0] / c0[1] (Gather + Unsqueeze);
+    "state_on_data_path": h0 also added to the LSTM's output (refused)."""
+    b = GraphBuilder(seed=seed)
+    op = "GRU" if kind == "gru" else "LSTM"
+    layers = 2 if kind == "stacked" else 1
+    dirs = 2 if kind == "bidirectional" else 1
+    layout = 1 if kind.startswith("lstm_layout1") else 0
+    batch_first = kind in ("lstm_batch_first", "lstm_layout1")
+    x = b.add_input("x", ["batch", "time", features] if batch_first else ["time", "batch", features])
+    state_shape = ["batch", dirs, hidden] if layout else [layers * dirs, "batch", hidden]
+    states = {"h0": state_shape} if op == "GRU" else {"h0": state_shape, "c0": state_shape}
+    for name, shape in states.items():
+        b.add_input(name, shape)
+    seq = x
+    if batch_first != bool(layout):  # [N, T, F] into a layout-0 node, or [T, N, F] into a layout-1 node
+        seq = b.op("Transpose", [x], perm=[1, 0, 2])
+    width, y_hs, y_cs = features, [], []
+    for k in range(layers):
+        w, r, bias = lstm_weights(b, width, hidden, True, False, GATES[op], dirs)
+        if kind == "stacked":
+            h = b.op("Slice", [list(states)[0], b.ints([k]), b.ints([k + 1]), b.ints([0])])
+            c = b.unsqueeze(b.op("Gather", [list(states)[1], b.const(np.array(k, np.int64))], axis=0), [0])
+        else:
+            h, c = "h0", "c0"
+        attrs = dict(hidden_size=hidden, direction="bidirectional" if dirs == 2 else "forward")
+        if layout:
+            attrs["layout"] = 1
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1
+            y, y_h = b.op(op, [seq, w, r, bias, "", h], n_out=2, name=f"gru_{k}", **attrs)
+        else:
+            y, y_h, y_c = b.op(op, [seq, w, r, bias, "", h, c], n_out=3, name=f"lstm_{k}", **attrs)
+            y_cs.append(y_c)
+        y_hs.append(y_h)
+        if dirs == 2:  # [T, 2, N, H] -> [T, N, 2H], as the legacy exporter merges directions
+            seq = b.op("Reshape", [b.op("Transpose", [y], perm=[0, 2, 1, 3]), b.ints([0, 0, -1])])
+        else:
+            seq = b.squeeze(y, [2 if layout else 1])
+        width = dirs * hidden
+    if kind == "state_on_data_path":
+        seq = b.op("Add", [seq, "h0"], name="add_state")
+    axes = "ntf" if layout else "tnf"
+    outputs = {"y": seq, "h_n": y_hs[0] if layers == 1 else b.op("Concat", y_hs, axis=0)}
+    if y_cs:
+        outputs["c_n"] = y_cs[0] if layers == 1 else b.op("Concat", y_cs, axis=0)
+    for name, value in outputs.items():
+        b.nodes.append(helper.make_node("Identity", [value], [name], name=f"output_{name}"))
+        b.add_output(name)
+    filled = {name: [batch if d == "batch" else d for d in shape] for name, shape in states.items()}
+    case = Case(b.model(kind), "batch_first" if batch_first else "time_major", axes, features, batch, steps,
+                "onnxruntime" if layout == 0 else "reference_evaluator")
+    return StateCase(case, filled, "y")

@@ -24,7 +24,7 @@ from lstm_edge.ir import Activation, BidirectionalLayer, GruLayer, LstmLayer
 from lstm_edge.reference import forward
 from onnx_cases import (Spec, append_node, bidirectional_case, build_case, dense_before_lstm_case, find_node,
                         h_n_case, model_input, rank2_input_case, recurrent_case, set_attribute, set_input,
-                        to_reference_layout)
+                        state_input_case, to_reference_layout)
 
 ATOL = 1e-5
 AXIS_LETTERS = {"batch": "n", "time": "t", "feature": "f", "unit": "1", "direction": "d"}
@@ -87,6 +87,89 @@ def test_initial_state_varying_over_the_batch_is_refused(tmp_path):
             init.CopyFrom(numpy_helper.from_array(value, name))
     with pytest.raises(UnsupportedModelError, match="differs between batch entries"):
         load_onnx(save(model, tmp_path))
+
+
+STATE_NOTES = {  # streaming exports: the initial states are graph inputs, mapped to NAME_state_t
+    "lstm": ["graph input 'h0' is the initial hidden state of layer 0: it maps to NAME_state_t.hidden_0 "
+             "(zero after NAME_reset)",
+             "graph input 'c0' is the initial cell state of layer 0: it maps to NAME_state_t.cell_0 "
+             "(zero after NAME_reset)"],
+    "lstm_batch_first": ["graph input 'h0' is the initial hidden state of layer 0: it maps to "
+                         "NAME_state_t.hidden_0 (zero after NAME_reset)"],
+    "lstm_layout1": ["graph input 'c0' is the initial cell state of layer 0: it maps to NAME_state_t.cell_0 "
+                     "(zero after NAME_reset)"],
+    "lstm_layout1_transpose": ["graph input 'h0' is the initial hidden state of layer 0"],
+    "stacked": ["graph input 'h0' holds the initial hidden states of layers 0 and 1: they map to "
+                "NAME_state_t.hidden_0, NAME_state_t.hidden_1 (zero after NAME_reset)",
+                "graph input 'c0' holds the initial cell states of layers 0 and 1: they map to "
+                "NAME_state_t.cell_0, NAME_state_t.cell_1 (zero after NAME_reset)"],
+    "gru": ["graph input 'h0' is the initial hidden state of layer 0: it maps to NAME_state_t.hidden_0 "
+            "(zero after NAME_reset)"],
+    "bidirectional": ["graph input 'h0' holds the initial hidden states of bidirectional layer 0: they map to "
+                      "NAME_state_t.hidden_0f, NAME_state_t.hidden_0b (zero after NAME_reset)",
+                      "graph input 'c0' holds the initial cell states of bidirectional layer 0: they map to "
+                      "NAME_state_t.cell_0f, NAME_state_t.cell_0b (zero after NAME_reset)"],
+}
+
+
+def run_with_zero_states(streaming, path: Path, x: np.ndarray) -> np.ndarray:
+    """The graph's `output` run on x with every state input zero."""
+    case = streaming.case
+    feeds = {"x": model_input(case, x)}
+    feeds.update({name: np.zeros(shape, np.float32) for name, shape in streaming.states.items()})
+    if case.runner == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run([streaming.output], feeds)[0]
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(onnx.load(str(path))).run([streaming.output], feeds)[0]
+
+
+@pytest.mark.parametrize("kind", sorted(STATE_NOTES))
+def test_state_graph_inputs_map_to_the_state_struct(kind, tmp_path):
+    streaming = state_input_case(kind)
+    case = streaming.case
+    path = save(case.model, tmp_path, kind)
+    with pytest.raises(UnsupportedModelError, match="output=NAME"):  # y, h_n (and c_n): the user picks
+        inspect_onnx(path)
+    imported = inspect_onnx(path, output=streaming.output)
+    assert imported.input_name == "x" and imported.input_layout == case.input_layout
+    assert "".join(AXIS_LETTERS[a] for a in imported.output_axes) == case.output_axes
+    model = imported.model
+    for layer in model.recurrent_layers:  # no constant initial state: reset() starts from zeros
+        for part in (layer.forward, layer.backward) if isinstance(layer, BidirectionalLayer) else (layer,):
+            assert part.initial_h is None and getattr(part, "initial_c", None) is None
+    for expected in STATE_NOTES[kind]:
+        assert any(note.startswith(expected) for note in model.notes), (expected, model.notes)
+    x = np.random.default_rng(1).standard_normal((case.batch, case.steps, case.features)).astype(np.float32)
+    expected = to_reference_layout(run_with_zero_states(streaming, path, x), case.output_axes)
+    got = forward(model, x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
+def test_state_graph_input_of_the_final_state_output(tmp_path):
+    """h_n of a one-layer streaming GRU is its Y_h: importable as the output too."""
+    streaming = state_input_case("gru")
+    model = load_onnx(save(streaming.case.model, tmp_path), output="h_n")
+    assert model.last_step_from == "final_state" and len(model.notes) == 3
+
+
+def test_state_graph_input_on_the_data_path_is_refused(tmp_path):
+    path = save(state_input_case("state_on_data_path").case.model, tmp_path)
+    with pytest.raises(UnsupportedModelError) as info:
+        load_onnx(path, output="y")
+    message = one_line(info.value)
+    for fragment in ("'add_state' (Add)", "graph input 'h0'", "initial state of node 'lstm_0' (LSTM)", "initial_h"):
+        assert fragment in message, message
+
+
+def test_c_n_of_a_streaming_export_stays_refused(tmp_path):
+    path = save(state_input_case("lstm").case.model, tmp_path)
+    with pytest.raises(UnsupportedModelError, match="Y_c"):
+        load_onnx(path, output="c_n")
 
 
 def check_spec(spec: Spec, tmp_path: Path):
@@ -512,13 +595,8 @@ REFUSALS = {
                       UnsupportedModelError, ["'lstm_0' (LSTM)", "sequence_lens"]),
     "peephole": (lambda: edit_lstm(lambda m, n: set_input(m, n, 7, np.ones((1, 24), np.float32), "P")),
                  UnsupportedModelError, ["'lstm_0' (LSTM)", "peephole"]),
-    "input_forget": (lambda: edit_lstm(lambda m, n: set_attribute(n, "input_forget", 1)),
-                     UnsupportedModelError, ["'lstm_0' (LSTM)", "input_forget"]),
-    "clip": (lambda: edit_lstm(lambda m, n: set_attribute(n, "clip", 3.0)),
-             UnsupportedModelError, ["'lstm_0' (LSTM)", "clip"]),
     "activations": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activations", ["Sigmoid", "Relu", "Tanh"])),
                     UnsupportedModelError, ["'lstm_0' (LSTM)", "activations", "Relu"]),
-    "state_from_graph_input": (with_state_input, UnsupportedModelError, ["'lstm_0' (LSTM)", "graph input 'h0'"]),
     "hidden_size_mismatch": (lambda: edit_lstm(lambda m, n: set_attribute(n, "hidden_size", 10)),
                              ModelFormatError, ["'lstm_0' (LSTM)", "hidden_size=10", "proj_size"]),
     "nan_weight": (with_nan_weight, ModelFormatError, ["'lstm_0' (LSTM)", "NaN"]),
@@ -556,8 +634,6 @@ REFUSALS = {
     "gru_activation_alpha": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activation_alpha", [0.5]),
                                                op="GRU", cell=("GRU",)),
                              UnsupportedModelError, ["'gru_0' (GRU)", "activation_alpha"]),
-    "gru_state_from_graph_input": (lambda: with_state_input(op="GRU", cell=("GRU",)), UnsupportedModelError,
-                                   ["'gru_0' (GRU)", "graph input 'h0'"]),
     "gru_linear_before_reset_2": (lambda: edit_lstm(lambda m, n: set_attribute(n, "linear_before_reset", 2),
                                                     op="GRU", cell=("GRU",)),
                                   ModelFormatError, ["'gru_0' (GRU)", "linear_before_reset=2"]),
@@ -631,8 +707,38 @@ def test_missing_file_and_unknown_format(tmp_path):
     assert ".pb" in one_line(info.value) and "ONNX (.onnx)" in str(info.value)
 
 
+GATE_OPTIONS = {  # ONNX LSTM attributes, checked against onnxruntime (onnx.reference ignores clip)
+    "clip": {"clip": 0.75},
+    "input_forget": {"input_forget": 1},
+    "clip_and_input_forget": {"clip": 2.0, "input_forget": 1},
+}
+
+
+@pytest.mark.parametrize("key", sorted(GATE_OPTIONS))
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_clip_and_input_forget(key, bidirectional, tmp_path):
+    options = GATE_OPTIONS[key]
+    spec = Spec(features=4, hidden=(6,), bidirectional=(bidirectional,))
+    case = build_case(spec)
+    for name, value in options.items():
+        set_attribute(find_node(case.model, "LSTM"), name, value)
+    assert case.runner == "onnxruntime"
+    model = check_against_graph(case, save(case.model, tmp_path))
+    layer = model.recurrent_layers[0]
+    for part in (layer.forward, layer.backward) if bidirectional else (layer,):
+        assert part.clip == options.get("clip") and part.input_forget == bool(options.get("input_forget"))
+
+
 def test_every_error_is_a_domain_error(tmp_path):
     """The CLI prints LstmEdgeError as one line; nothing else may escape the importer."""
     for build, _, _ in REFUSALS.values():
         with pytest.raises(LstmEdgeError):
             load_model(save(build(), tmp_path))
+
+
+@pytest.mark.parametrize("op, spec", [("LSTM", {}), ("GRU", {"cell": ("GRU",)})])
+def test_initial_h_fed_by_a_graph_input_imports(op, spec, tmp_path):
+    model = load_onnx(save(with_state_input(op, **spec), tmp_path))
+    assert model.recurrent_layers[0].initial_h is None
+    assert "graph input 'h0' is the initial hidden state of layer 0: it maps to NAME_state_t.hidden_0 " \
+           "(zero after NAME_reset)" in model.notes

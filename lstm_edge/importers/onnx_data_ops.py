@@ -41,6 +41,8 @@ class ImportContext:
     dense_count: int = 0
     # MERGED label -> (the batch and time axes it joins, in order; the refusal if never split back)
     merged: dict = field(default_factory=dict)
+    # (graph input, layer index, "hidden" | "cell", bidirectional) per initial-state slot fed by a graph input
+    state_inputs: list = field(default_factory=list)
 
     def role(self, axis: Axis) -> str:
         return self.roles.role(axis.label) or f"input axis {axis.label[2:]}"

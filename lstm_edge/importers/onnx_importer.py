@@ -7,12 +7,14 @@ LSTM layers and dense head that the IR describes. What the walk cannot express i
 refused with one line naming the node and its op type.
 
 Read: LSTM and GRU nodes (forward/reverse/bidirectional, layout 0/1, optional B, absent or zero
-initial state, GRU linear_before_reset 0 and 1, stacked in any mix), a head of Gemm or
+initial state, or one fed by a graph input: see state_inputs, GRU linear_before_reset 0 and 1,
+stacked in any mix), a head of Gemm or
 MatMul(+Add) layers with Relu/Tanh/Sigmoid, per step or on the last step (Gather/Slice on the
 time axis: "last_index"; or Y_h: "final_state"), a final Softmax/LogSoftmax, and the plumbing
 that PyTorch's legacy and dynamo exporters put around them (for bidirectional layers: merging
 num_directions into the features, or concatenating the two directions of Y_h). Refused: RNN,
-sequence_lens, peepholes, input_forget, clip, other activations, non-zero initial states,
+sequence_lens, peepholes, input_forget, clip, other activations, initial states varying over the batch,
+state graph inputs that also feed anything else,
 proj_size exports (detected by their inconsistent shapes), one direction of a bidirectional layer
 on its own, anything else on the data path.
 """
@@ -32,12 +34,16 @@ from ..ir import FloatModel
 from .onnx_data_ops import (DATA_OPS, DATA_PATH_SUPPORT, STACK_SUPPORT, ImportContext, last_step_from, refuse,
                             stack_op)
 from .onnx_graph import DEFAULT_DOMAINS, GraphIndex, describe, first_line, read_model
-from .onnx_lstm import SIDE_INPUT_SLOTS, op_gru, op_lstm
-from .onnx_values import Axis, Blocked, Data, StateStack, fold_constant_node, shape_op
+from .onnx_lstm import KINDS, SIDE_INPUT_SLOTS, op_gru, op_lstm
+from .onnx_values import Axis, Blocked, Data, StateInput, StateStack, fold_constant_node, shape_op
 
 NOT_YET = {"RNN": "simple RNN"}
 RECURRENT_OPS = {"LSTM": op_lstm, "GRU": op_gru}
 LAYOUTS = {("batch", "time", "feature"): "batch_first", ("time", "batch", "feature"): "time_major"}
+# Ops that may carry an initial-state graph input to the recurrent nodes (per layer / direction pieces of it).
+STATE_PLUMBING = ("Identity", "Squeeze", "Unsqueeze", "Slice", "Gather", "Reshape", "Transpose", "Split", "Cast")
+STATE_SUPPORT = (f"a graph input for the initial state may only feed initial_h / initial_c of LSTM and GRU nodes, "
+                 f"through {', '.join(STATE_PLUMBING)}")
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,10 @@ def inspect_onnx(path, output: Optional[str] = None) -> OnnxImport:
     path = Path(path)
     index = GraphIndex.build(read_model(path), path)
     output_name = choose_output(index, output)
-    input_info = sequence_input(index, output_name)
+    states = state_inputs(index, output_name)
+    input_info = sequence_input(index, output_name, states)
     ctx = ImportContext(opset=index.opset)
-    final = _walk(index, ctx, input_info, output_name)
+    final = _walk(index, ctx, input_info, output_name, states)
     return _assemble(path, ctx, final, input_info.name, output_name)
 
 
@@ -87,14 +94,46 @@ def choose_output(index: GraphIndex, output: Optional[str]) -> str:
     raise ModelFormatError(f"'{index.path}' has no output '{output}'; its outputs are {listing}")
 
 
-def sequence_input(index: GraphIndex, output_name: str) -> onnx.ValueInfoProto:
+def state_inputs(index: GraphIndex, output_name: str) -> Tuple[str, ...]:
+    """The graph inputs the output depends on that are initial states (streaming exports:
+    forward(x, h0, c0)): followed through STATE_PLUMBING, they reach initial_h / initial_c slots
+    of LSTM/GRU nodes. One that reaches such a slot but also anything else is refused."""
+    consumers: Dict[str, list] = {}
+    for node in index.nodes:
+        for slot, name in enumerate(node.input):
+            if name:
+                consumers.setdefault(name, []).append((node, slot))
+    found = []
+    for name in index.free_inputs_needed_for(output_name):
+        state_slots, other, seen, pending = [], [], {name}, [name]
+        while pending:
+            for node, slot in consumers.get(pending.pop(), ()):
+                kind = KINDS.get(node.op_type)
+                if kind is not None and slot in dict(kind.states).values():
+                    state_slots.append(node)
+                elif node.op_type in STATE_PLUMBING and slot == 0:
+                    for out in node.output:
+                        if out and out not in seen:
+                            seen.add(out)
+                            pending.append(out)
+                else:
+                    other.append(node)
+        if state_slots and other:
+            raise refuse(other[0], f"it uses graph input '{name}', which is also an initial state of "
+                                   f"{describe(state_slots[0])}; {STATE_SUPPORT}")
+        if state_slots:
+            found.append(name)
+    return tuple(found)
+
+
+def sequence_input(index: GraphIndex, output_name: str, states: Tuple[str, ...] = ()) -> onnx.ValueInfoProto:
     """The graph input carrying the sequence: of the inputs the output depends on, the one not
-    used as a recurrent node's sequence_lens, initial state or peephole (those are refused later,
-    by the node that reads them)."""
+    used as an initial state (`states`) or a recurrent node's sequence_lens or peephole (those are
+    refused later, by the node that reads them)."""
     needed = index.free_inputs_needed_for(output_name)
     side = {n.input[k] for n in index.nodes_needed_for(output_name) if n.op_type in SIDE_INPUT_SLOTS
             for k in SIDE_INPUT_SLOTS[n.op_type] if k < len(n.input)}
-    candidates = [name for name in needed if name not in side]
+    candidates = [name for name in needed if name not in side and name not in states]
     if not candidates:
         raise UnsupportedModelError(f"'{index.path}': output '{output_name}' does not depend on a sequence input")
     if len(candidates) > 1:
@@ -118,11 +157,12 @@ def _input_data(info: onnx.ValueInfoProto) -> Data:
     return Data(tuple(Axis(f"in{k}", size) for k, size in enumerate(sizes)))
 
 
-def _walk(index: GraphIndex, ctx: ImportContext, input_info, output_name: str):
+def _walk(index: GraphIndex, ctx: ImportContext, input_info, output_name: str, states: Tuple[str, ...] = ()):
     values: Dict[str, object] = {name: _initializer(index, t) for name, t in index.initializers.items()}
     for name in index.free_inputs:
-        values[name] = Blocked(f"graph input '{name}' (only one input, the sequence, is supported; "
-                               f"initial states must be zero)")
+        values[name] = StateInput(name) if name in states else Blocked(
+            f"graph input '{name}' (only one input, the sequence, is supported, plus graph inputs that only "
+            f"feed initial states)")
     values[input_info.name] = _input_data(input_info)
     for node in index.nodes_needed_for(output_name):
         inputs = [_lookup(values, node, name) if name else None for name in node.input]
@@ -164,6 +204,12 @@ def _dispatch(ctx: ImportContext, node: onnx.NodeProto, inputs: List[object]) ->
             raise refuse(node, f"it uses {value.message}")
     if node.op_type in NOT_YET:
         raise refuse(node, f"{NOT_YET[node.op_type]} layers are not supported yet; only LSTM and GRU")
+    states = [v for v in inputs if isinstance(v, StateInput)]
+    if states and node.op_type not in RECURRENT_OPS:
+        if node.op_type in STATE_PLUMBING and isinstance(inputs[0], StateInput) and not any(
+                isinstance(v, (Data, StateStack, StateInput)) for v in inputs[1:]):
+            return [inputs[0]] * len(node.output)
+        raise refuse(node, f"it uses graph input '{states[0].name}', an initial state; {STATE_SUPPORT}")
     if any(isinstance(v, StateStack) for v in inputs):
         return stack_op(ctx, node, inputs)
     if node.op_type in RECURRENT_OPS:
@@ -201,12 +247,34 @@ def _assemble(path: Path, ctx: ImportContext, final, input_name: str, output_nam
     output_axes = tuple(ctx.roles.role(a.label) for a in final.axes)
     _check_output_axes(output_name, output_axes, final.last_step)
     notes = (f"graph input '{input_name}' is {input_layout.replace('_', '-')}",
-             f"graph output '{output_name}' has axes [{', '.join(output_axes)}]")
+             f"graph output '{output_name}' has axes [{', '.join(output_axes)}]") + _state_notes(ctx)
     last_step = last_step_from(final) if final.last_step else "final_state"
     model = FloatModel(recurrent_layers=final.lstm, head=final.head, sequence_output=not final.last_step,
                        final_softmax=final.softmax, last_step_from=last_step, name=path.stem,
                        source=str(path), notes=notes)
     return OnnxImport(model, input_name, input_layout, output_name, output_axes)
+
+
+def _state_notes(ctx: ImportContext) -> Tuple[str, ...]:
+    """One note per graph input that holds initial states: which layers and NAME_state_t fields."""
+    by_input: Dict[str, list] = {}
+    for name, layer, kind, bidirectional in ctx.state_inputs:
+        by_input.setdefault(name, []).append((layer, kind, bidirectional))
+    notes = []
+    for name, uses in by_input.items():
+        kinds = sorted({kind for _, kind, _ in uses}, reverse=True)  # hidden before cell
+        what = " and ".join(kinds)
+        layers = sorted({layer for layer, _, _ in uses})
+        fields = [f"{kind}_{layer}{part}" for layer, kind, bidirectional in uses
+                  for part in (("f", "b") if bidirectional else ("",))]
+        plural = len(layers) > 1 or len(fields) > 1
+        where = (f"layers {', '.join(map(str, layers[:-1]))} and {layers[-1]}" if len(layers) > 1
+                 else f"{'bidirectional ' if uses[0][2] else ''}layer {layers[0]}")
+        shown = ", ".join(f"NAME_state_t.{f}" for f in fields)
+        notes.append(f"graph input '{name}' {'holds' if plural else 'is'} the initial {what} "
+                     f"state{'s' if plural else ''} of {where}: "
+                     f"{'they map' if plural else 'it maps'} to {shown} (zero after NAME_reset)")
+    return tuple(notes)
 
 
 def _input_layout(ctx: ImportContext, input_name: str) -> str:

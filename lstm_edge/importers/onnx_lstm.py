@@ -18,7 +18,7 @@ from ..errors import ModelFormatError
 from ..ir import BidirectionalLayer, GruLayer, LstmLayer, to_canonical_gate_order
 from .onnx_data_ops import ImportContext, check_directions_merged, final_state_steps, refuse
 from .onnx_graph import describe, node_attrs
-from .onnx_values import UNIT, Axis, Blocked, Data, Fill
+from .onnx_values import UNIT, Axis, Blocked, Data, Fill, StateInput
 
 # Which role each axis of X has, by layout.
 X_ROLES = {0: ("time", "batch", "feature"), 1: ("batch", "time", "feature")}
@@ -52,13 +52,15 @@ def check_attributes(node, attrs: dict, kind: CellKind) -> int:
     if direction not in DIRECTIONS:
         raise ModelFormatError(f"{describe(node)}: unknown direction '{direction}'")
     directions = DIRECTIONS[direction]
-    if kind is LSTM and attrs.get("input_forget", 0):
-        raise refuse(node, "input_forget=1 (coupled input and forget gates) is not supported")
+    if attrs.get("input_forget", 0) not in (0, 1):
+        raise ModelFormatError(f"{describe(node)}: input_forget must be 0 or 1, got {attrs['input_forget']}")
     if kind is GRU and attrs.get("linear_before_reset", 0) not in (0, 1):
         raise ModelFormatError(f"{describe(node)}: linear_before_reset={attrs['linear_before_reset']}; "
                                f"expected 0 or 1")
-    if "clip" in attrs:
-        raise refuse(node, f"the clip attribute (cell clipping at {attrs['clip']}) is not supported")
+    if "clip" in attrs and kind is not LSTM:
+        raise refuse(node, f"the clip attribute (clip at {attrs['clip']}) is supported on LSTM nodes only")
+    if "clip" in attrs and not attrs["clip"] > 0:
+        raise ModelFormatError(f"{describe(node)}: clip must be positive, got {attrs['clip']}")
     activations = attrs.get("activations")
     default = list(kind.activations)
     if activations is not None and [a.lower() for a in activations] not in (default, default * directions):
@@ -131,6 +133,13 @@ def check_initial_state(node, slot: str, value, hidden: int, kind: CellKind = LS
         raise refuse(node, f"a {slot} that differs between batch entries is not supported (the compiled model "
                            "starts every sequence from one state)")
     return [state[d, 0] for d in range(directions)]
+
+
+def with_gate_options(layer, **options):
+    """ONNX LSTM clip / input_forget on the IR layer, or on both directions of a bidirectional one."""
+    if isinstance(layer, BidirectionalLayer):
+        return replace(layer, forward=replace(layer.forward, **options), backward=replace(layer.backward, **options))
+    return replace(layer, **options)
 
 
 def with_initial_state(layer, states: dict):
@@ -235,10 +244,16 @@ def op_recurrent(ctx: ImportContext, node, inputs, kind: CellKind) -> list:
     hidden = layer.forward.hidden_size if directions == 2 else layer.hidden_size
     states = {}
     for slot, k in kind.states:
+        if isinstance(inputs[k], StateInput):  # the caller's state: zeros after reset, kept in NAME_state_t
+            ctx.state_inputs.append((inputs[k].name, ctx.lstm_count, "hidden" if slot == "initial_h" else "cell",
+                                     directions == 2))
+            continue
         vectors = check_initial_state(node, slot, inputs[k], hidden, kind, directions, attrs.get("layout", 0))
         if vectors is not None:
             states[slot] = vectors
     layer = with_initial_state(layer, states)
+    if kind is LSTM and ("clip" in attrs or attrs.get("input_forget", 0)):
+        layer = with_gate_options(layer, clip=attrs.get("clip"), input_forget=bool(attrs.get("input_forget", 0)))
     ctx.lstm_count += 1
     return _outputs(node, x, layer, layout, time, batch, hidden, directions, kind)
 

@@ -61,6 +61,15 @@ class Blocked:
 
 
 @dataclass(frozen=True)
+class StateInput:
+    """A graph input that only feeds the initial_h / initial_c slots of recurrent nodes (streaming
+    exports: forward(x, h0, c0)), or a Squeeze/Slice/Gather/... of it. The IR layer starts from
+    zeros; the caller's state lives in NAME_state_t."""
+
+    name: str  # the graph input
+
+
+@dataclass(frozen=True)
 class Axis:
     """An axis of a Data tensor. Labels: 'in0'..'in2' for the model input's axes (which is time,
     batch or feature is learnt from the first LSTM), 'feature:<value>' for features computed by a

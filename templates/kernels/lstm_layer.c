@@ -26,6 +26,8 @@ typedef struct {
     int32_t hidden_zero_point;
     int32_t cell_tanh_shift; /* log2(s_c) + 12: tanh reads c at scale 2^(shift - 12) */
     int16_t cell_clip;       /* 0: no clip */
+    int16_t gate_clip;       /* ONNX clip: |pre-activation| <= gate_clip (Q3.12) before the activations; 0: none */
+    int32_t input_forget;    /* ONNX input_forget: 1 couples the gates, f = 1 - i */
 } lstm_layer_params_t;
 
 /* The weight arrays are word-aligned where the compiler can be told so: the DSP path then loads two
@@ -198,6 +200,16 @@ static void lstm_gate_preactivation(const lstm_layer_params_t *p, int32_t unit, 
     pre[3] = lstm_gate_sum(ax[3], ah[3], p->input_requant[3], p->recurrent_requant[3]);
 }
 
+/* ONNX clip: every gate's pre-activation bounded to +-gate_clip before its activation. */
+static void lstm_clip_gates(const lstm_layer_params_t *p, int16_t pre[GATE_COUNT])
+{
+    int32_t g;
+    for (g = 0; g < GATE_COUNT; ++g) {
+        pre[g] = pre[g] > p->gate_clip ? p->gate_clip : pre[g];
+        pre[g] = pre[g] < -p->gate_clip ? (int16_t)-p->gate_clip : pre[g];
+    }
+}
+
 /* c = clip( sat16( sat16(RQ(f * c_prev)) + sat16(RQ(i * g)) ) ) */
 static int16_t lstm_cell_update(const lstm_layer_params_t *p, int16_t cell, int16_t forget, int16_t input,
                                 int16_t candidate)
@@ -232,8 +244,12 @@ static void lstm_layer_step(const lstm_layer_params_t *p, const int8_t *x, int8_
         int16_t pre[GATE_COUNT];
         int16_t i_gate, f_gate, g_gate, o_gate;
         lstm_gate_preactivation(p, j, x, h, x_offset, h_offset, pre);
+        if (p->gate_clip > 0) {
+            lstm_clip_gates(p, pre);
+        }
         i_gate = sigmoid_q15(pre[GATE_INPUT]);
-        f_gate = sigmoid_q15(pre[GATE_FORGET]);
+        /* input_forget: f = 1 - i in Q0.15 (i >= 11, so no saturation is needed; kept for symmetry) */
+        f_gate = p->input_forget ? saturate_int16(32768 - (int32_t)i_gate) : sigmoid_q15(pre[GATE_FORGET]);
         g_gate = tanh_q15(pre[GATE_CELL], 0);
         o_gate = sigmoid_q15(pre[GATE_OUTPUT]);
         c[j] = lstm_cell_update(p, c[j], f_gate, i_gate, g_gate);
