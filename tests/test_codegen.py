@@ -82,3 +82,28 @@ def test_model_names():
     assert default_prefix("my-kws.v2") == "my_kws_v2"
     assert default_prefix("123") == "model_123"
     assert default_prefix("static") == "static_model"
+
+
+@pytest.mark.parametrize("core", ["cortex-m0plus", "cortex-m4", "rv32imc"])
+def test_every_layer_kind_builds_strict_on_the_cross_compilers(tmp_path, core):
+    """GRU (both kinds), bidirectional window models, initial states and ONNX clip/input_forget:
+    warning-free with the strict flags on the MCU compilers too, at every optimisation level."""
+    import dataclasses
+
+    from lstm_edge.hostbuild import STRICT_FLAGS
+    from lstm_edge.targets import TARGETS
+    target = TARGETS[core]
+    compiler = require_tool(target.compiler)
+    rng = np.random.default_rng(4)
+    base = random_model(5, [6, 7, 4], [(3, "tanh")], sequence_output=False, kinds=["gru", "bilstm", "gru0"], seed=6)
+    first = dataclasses.replace(base.recurrent_layers[0], initial_h=rng.uniform(-0.5, 0.5, 6))
+    model = dataclasses.replace(base, recurrent_layers=(first,) + base.recurrent_layers[1:])
+    lstm = random_model(5, [6], seed=7)
+    options = dataclasses.replace(lstm, recurrent_layers=(dataclasses.replace(
+        lstm.recurrent_layers[0], clip=1.0, input_forget=True, initial_c=rng.uniform(-1, 1, 6)),))
+    for k, m in enumerate((model, options)):
+        q = quantize(m, calibrate(m, signal_like(rng, 16, 6, 5)), name=f"k{k}", max_steps=6)
+        out = write_bundle(q, tmp_path / f"k{k}", m)
+        for opt in ("-O0", "-O2", "-Os"):
+            subprocess.run([compiler, *target.cflags, *STRICT_FLAGS, opt, "-c", str(out / f"k{k}.c"),
+                            "-o", str(tmp_path / "m.o")], check=True)
