@@ -136,6 +136,22 @@ def _state_field(k, kind: str, ctype: str, size: int, default: int, initial):
     return dict(field, reset=f"{array['name']}[j]"), [array]
 
 
+def _peephole_arrays(k, layer) -> List[dict]:
+    if layer.peephole_weights is None:
+        return []
+    return [dict(ctype="int16_t", name=f"layer{k}_peephole_weights", length=layer.peephole_weights.size,
+                 data=c_array(layer.peephole_weights, 16))]
+
+
+def _peephole_fields(k, layer) -> List[str]:
+    """Peephole weights and multipliers; without peepholes the pointer is 0 (and the
+    multipliers, which are then never read, stay zero-initialised)."""
+    if layer.peephole_weights is None:
+        return ["peephole_weights = 0"]
+    return [f"peephole_weights = layer{k}_peephole_weights",
+            "peephole_requant = { " + ", ".join(c_requant(r) for r in layer.peephole_requant) + " }"]
+
+
 def _layer_context(k, layer, source: str) -> dict:
     """Data, designated initialisers, state fields and the step call of recurrent layer k
     (k may carry a direction suffix: "0f", "0b")."""
@@ -154,7 +170,8 @@ def _layer_context(k, layer, source: str) -> dict:
                 f"hidden_to_q15_requant = {c_requant(layer.hidden_to_q15_requant)}",
                 f"q15_to_hidden_requant = {c_requant(layer.q15_to_hidden_requant)}",
                 f"hidden_zero_point = {layer.hidden_q.zero_point}",
-                f"linear_before_reset = {1 if layer.linear_before_reset else 0}"],
+                f"linear_before_reset = {1 if layer.linear_before_reset else 0}",
+                f"gate_clip = {layer.gate_clip}"],
             state=[hidden],
             step=f"gru_layer_step(&layer{k}_params, {source}, s->hidden_{k}, gru_update, gru_reset_hidden, h_next)")
     cell, initial_cell = _state_field(k, "cell", "int16_t", layer.hidden_size, 0, layer.initial_cell)
@@ -162,14 +179,16 @@ def _layer_context(k, layer, source: str) -> dict:
         tag=str(k), hidden_size=layer.hidden_size,
         comment=f"LSTM layer {k} '{layer.name}': {layer.input_size} -> {layer.hidden_size} units, {q},\n"
                 f" * cell scale 2^{layer.cell_scale_power}. Gates: input, forget, cell, output.",
-        arrays=_lstm_arrays(k, layer) + initial + initial_cell, params_type="lstm_layer_params_t",
+        arrays=_lstm_arrays(k, layer) + initial + initial_cell + _peephole_arrays(k, layer),
+        params_type="lstm_layer_params_t",
         fields=_gate_fields(k, layer) + [
             f"forget_cell_requant = {c_requant(layer.forget_cell_requant)}",
             f"input_cell_requant = {c_requant(layer.input_cell_requant)}",
             f"hidden_requant = {c_requant(layer.hidden_requant)}",
             f"hidden_zero_point = {layer.hidden_q.zero_point}",
             f"cell_tanh_shift = {layer.cell_tanh_shift}", f"cell_clip = {layer.cell_clip}",
-            f"gate_clip = {layer.gate_clip}", f"input_forget = {1 if layer.input_forget else 0}"],
+            f"gate_clip = {layer.gate_clip}", f"input_forget = {1 if layer.input_forget else 0}",
+            *_peephole_fields(k, layer)],
         state=[hidden, cell],
         step=f"lstm_layer_step(&layer{k}_params, {source}, s->hidden_{k}, s->cell_{k}, h_next)")
 

@@ -75,6 +75,11 @@ def saturate_int8(v):
     return np.clip(v, INT8_MIN, INT8_MAX)
 
 
+def clip_gate(gate_clip: int, pre):
+    """ONNX clip: a gate's pre-activation bounded to +-gate_clip before its activation (0: none)."""
+    return np.clip(pre, -gate_clip, gate_clip) if gate_clip > 0 else pre
+
+
 def _div_pow2_toward_zero(p, n: int):
     """p / 2^n truncated toward zero (C integer division), for int64 arrays."""
     return np.where(p >= 0, p >> n, -((-p) >> n))

@@ -35,6 +35,17 @@ CANONICAL_GRU_GATES = "zrn"
 SOURCE_GRU_GATE_ORDERS = {"onnx": "zrn", "keras": "zrn", "pytorch": "rzn", "tflite": "zrn"}
 
 
+# LSTM peepholes: three vectors (no cell-candidate peephole). Canonical (input, forget, output);
+# ONNX stacks P as i, o, f.
+SOURCE_PEEPHOLE_ORDERS = {"onnx": "iof", "canonical": "ifo"}
+
+
+def peephole_to_canonical(stacked: np.ndarray, source: str) -> np.ndarray:
+    """Split a [3H] stacked peephole vector in `source` order into canonical [3, H] (i, f, o)."""
+    parts = dict(zip(SOURCE_PEEPHOLE_ORDERS[source], np.split(np.asarray(stacked, dtype=np.float32), 3)))
+    return np.stack([parts[g] for g in "ifo"])
+
+
 def to_canonical_gate_order(stacked: np.ndarray, source: str, cell: str = "lstm") -> np.ndarray:
     """Split a stacked gate tensor in `source` order into a canonical [G, H, ...] array
     (G = 4 for cell="lstm", 3 for cell="gru")."""
@@ -83,6 +94,11 @@ def _check_gate_arrays(layer, kind: str, gates: int, arrays, states) -> None:
     _check_initial_state(layer, states)
 
 
+def _check_clip(layer) -> None:
+    if layer.clip is not None and not (np.isfinite(layer.clip) and layer.clip > 0):
+        raise ModelFormatError(f"layer '{layer.name}': clip must be a positive number, got {layer.clip}")
+
+
 def _check_initial_state(layer, names) -> None:
     """Freeze the optional initial-state vectors and check they are [H] and finite."""
     for label in names:
@@ -115,11 +131,16 @@ class LstmLayer:
     initial_c: Optional[np.ndarray] = None
     clip: Optional[float] = None   # ONNX clip: gate pre-activations bounded to +-clip
     input_forget: bool = False     # ONNX input_forget: f = 1 - i
+    peephole: Optional[np.ndarray] = None  # [3, H] in the order (input, forget, output): p (.) c into the gate
 
     def __post_init__(self):
         _check_gate_arrays(self, "LSTM", 4, ("w_x", "w_h", "bias"), ("initial_h", "initial_c"))
-        if self.clip is not None and not (np.isfinite(self.clip) and self.clip > 0):
-            raise ModelFormatError(f"LSTM layer '{self.name}': clip must be a positive number, got {self.clip}")
+        _check_clip(self)
+        if self.peephole is not None:
+            object.__setattr__(self, "peephole", _frozen_array(self.peephole))
+            if self.peephole.shape != (3, self.hidden_size) or not np.all(np.isfinite(self.peephole)):
+                raise ModelFormatError(f"LSTM layer '{self.name}': peephole must be [3, {self.hidden_size}] finite "
+                                       f"values, got {list(self.peephole.shape)}")
 
     @property
     def input_size(self) -> int:
@@ -147,9 +168,11 @@ class GruLayer:
     reverse: bool = False
     name: str = "gru"
     initial_h: Optional[np.ndarray] = None  # [H], the state every sequence starts from (None: zeros)
+    clip: Optional[float] = None  # ONNX clip: the three gates' pre-activations bounded to +-clip
 
     def __post_init__(self):
         _check_gate_arrays(self, "GRU", 3, ("w_x", "w_h", "b_x", "b_h"), ("initial_h",))
+        _check_clip(self)
 
     @property
     def input_size(self) -> int:

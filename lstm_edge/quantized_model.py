@@ -113,11 +113,15 @@ class QLstmLayer(QRecurrentLayer):
     input_forget: bool = False    # ONNX input_forget: f = 1 - i
     initial_hidden: Optional[np.ndarray] = None  # int8 [H] reset value (None: zp_h, a real zero)
     initial_cell: Optional[np.ndarray] = None    # int16 [H] reset value (None: 0)
+    peephole_weights: Optional[np.ndarray] = None  # int16 [3, H] (input, forget, output), symmetric
+    peephole_requant: Tuple[Requant, ...] = ()     # per peephole gate: s_P * s_c / 2^-12
 
     def __post_init__(self):
         super().__post_init__()
         _freeze_optional(self, "initial_hidden", np.int8)
         _freeze_optional(self, "initial_cell", np.int16)
+        _freeze_optional(self, "peephole_weights", np.int16)
+        object.__setattr__(self, "peephole_requant", tuple(self.peephole_requant))
 
     @property
     def state_bytes(self) -> int:
@@ -139,6 +143,7 @@ class QGruLayer(QRecurrentLayer):
     q15_to_hidden_requant: Requant  # 2^-15 / s_h: the new h from Q0.15 to int8
     linear_before_reset: bool = True
     initial_hidden: Optional[np.ndarray] = None  # int8 [H] reset value (None: zp_h, a real zero)
+    gate_clip: int = 0  # ONNX clip on the Q3.12 pre-activations of z, r and n, 0 = none
 
     def __post_init__(self):
         super().__post_init__()
@@ -285,7 +290,7 @@ class QuantizedModel:
 
 _ARRAY_DTYPES = {"input_weights": np.int8, "recurrent_weights": np.int8, "input_bias": np.int32,
                  "recurrent_bias": np.int32, "weights": np.int8, "bias": np.int32, "table": np.int8,
-                 "initial_hidden": np.int8, "initial_cell": np.int16}
+                 "initial_hidden": np.int8, "initial_cell": np.int16, "peephole_weights": np.int16}
 
 
 def _encode(value):
@@ -310,8 +315,9 @@ def _decode(name: str, value):
     if name in _ARRAY_DTYPES:
         return np.array(value, dtype=_ARRAY_DTYPES[name])
     if name.endswith("requant"):
-        return tuple(Requant(int(m), int(s)) for m, s in value) if value and isinstance(value[0], list) \
-            else Requant(int(value[0]), int(value[1]))
+        if not value or isinstance(value[0], list):  # a tuple of multipliers (possibly empty)
+            return tuple(Requant(int(m), int(s)) for m, s in value)
+        return Requant(int(value[0]), int(value[1]))
     if name.endswith("_q"):
         return QuantParams(float(value["scale"]), int(value["zero_point"]))
     if name == "activation":

@@ -109,6 +109,28 @@ def quantize_gate_matrices(w_x, w_h, bias_x, bias_h, input_q: QuantParams, hidde
     return GateMatrices(np.stack(w_xq), np.stack(w_hq), np.stack(b_x), np.stack(b_h), tuple(req_x), tuple(req_h))
 
 
+def quantize_gate_clip(clip) -> int:
+    """ONNX clip in the gates' Q3.12 scale (0: none)."""
+    return 0 if clip is None else int(min(round_half_away(clip / GATE_INPUT_SCALE), 32767))
+
+
+def quantize_peepholes(layer: LstmLayer, power: int) -> dict:
+    """Peephole vectors as int16 symmetric (one scale per gate) and the multipliers that bring
+    p * c (int16 x int16) to the gates' Q3.12 scale. Empty for a layer without peepholes."""
+    if layer.peephole is None:
+        return {}
+    weights, requant = [], []
+    for g in range(3):
+        absmax = float(np.max(np.abs(layer.peephole[g])))
+        scale = float(np.float32(absmax / 32767.0)) or 1.0
+        weights.append(np.clip(round_half_away(layer.peephole[g] / scale), -32767, 32767).astype(np.int16))
+        requant.append(Requant.from_real(effective_scale(scale, 2.0 ** power, divisor=GATE_INPUT_SCALE)))
+        if requant[-1].shift > 0:  # |p * c| <= 2^30: no room for a left shift
+            raise QuantizationError(f"layer '{layer.name}': peephole weights of {absmax:.3g} are too large for the "
+                                    "int16 cell state")
+    return {"peephole_weights": np.stack(weights), "peephole_requant": tuple(requant)}
+
+
 def quantize_cell_state(c: np.ndarray, power: int) -> np.ndarray:
     """A float cell state in the int16 cell scale 2^power (saturating)."""
     return np.clip(round_half_away(np.asarray(c, dtype=np.float64) / 2.0 ** power), -32768, 32767).astype(np.int16)
@@ -138,8 +160,8 @@ def quantize_lstm_layer(layer: LstmLayer, input_q: QuantParams, hidden_range: Ra
         **lstm_cell_requants(2.0 ** power, hidden_q.scale),
         initial_hidden=None if layer.initial_h is None else hidden_q.quantize(layer.initial_h),
         initial_cell=None if layer.initial_c is None else quantize_cell_state(layer.initial_c, power),
-        gate_clip=0 if layer.clip is None else int(min(round_half_away(layer.clip / GATE_INPUT_SCALE), 32767)),
-        input_forget=bool(layer.input_forget),
+        gate_clip=quantize_gate_clip(layer.clip), input_forget=bool(layer.input_forget),
+        **quantize_peepholes(layer, power),
         input_q=input_q, hidden_q=hidden_q, cell_scale_power=power, cell_clip=0)
 
 
@@ -165,7 +187,8 @@ def quantize_gru_layer(layer: GruLayer, input_q: QuantParams, hidden_range: Rang
         hidden_to_q15_requant=Requant.from_real(effective_scale(hidden_q.scale, divisor=GATE_OUTPUT_SCALE)),
         q15_to_hidden_requant=Requant.from_real(effective_scale(GATE_OUTPUT_SCALE, divisor=hidden_q.scale)),
         input_q=input_q, hidden_q=hidden_q, linear_before_reset=layer.linear_before_reset,
-        initial_hidden=None if layer.initial_h is None else hidden_q.quantize(layer.initial_h))
+        initial_hidden=None if layer.initial_h is None else hidden_q.quantize(layer.initial_h),
+        gate_clip=quantize_gate_clip(layer.clip))
 
 
 def activation_table(activation: Activation, input_q: QuantParams, output_q: QuantParams) -> np.ndarray:

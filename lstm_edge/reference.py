@@ -64,13 +64,19 @@ def lstm_layer_forward(layer: LstmLayer, x: np.ndarray):
         x_t = x[:, t, :].astype(np.float64)
         # pre[g] = Xt*W[g]^T + Ht-1*R[g]^T + B[g], for g in (i, f, c, o)
         pre = np.einsum("nk,ghk->gnh", x_t, w_x) + np.einsum("nk,ghk->gnh", h_t, w_h) + bias[:, None, :]
-        if layer.clip is not None:  # ONNX clip acts on the activations' inputs (the gates, not Ct)
-            pre = np.clip(pre, -layer.clip, layer.clip)
-        i_t, f_t, o_t = sigmoid(pre[0]), sigmoid(pre[1]), sigmoid(pre[3])
+        if layer.peephole is not None:  # it += Pi (.) Ct-1, ft += Pf (.) Ct-1 (ot: Ct, below)
+            pre[0] += layer.peephole[0] * c_t
+            pre[1] += layer.peephole[1] * c_t
+        clip = (lambda v: np.clip(v, -layer.clip, layer.clip)) if layer.clip is not None else (lambda v: v)
+        pre[:3] = clip(pre[:3])  # ONNX clip acts on the activations' inputs (the gates, not Ct)
+        i_t, f_t = sigmoid(pre[0]), sigmoid(pre[1])
         if layer.input_forget:  # coupled gates
             f_t = 1.0 - i_t
         g_t = np.tanh(pre[2])
         c_t = f_t * c_t + i_t * g_t
+        if layer.peephole is not None:
+            pre[3] += layer.peephole[2] * c_t
+        o_t = sigmoid(clip(pre[3]))
         h_t = o_t * np.tanh(c_t)
         h_all[:, t], c_all[:, t] = h_t, c_t
     return h_all, c_all
@@ -89,12 +95,13 @@ def gru_layer_forward(layer: GruLayer, x: np.ndarray):
         # gx[g] = Xt*W[g]^T + Wb[g];  gh[g] = Ht-1*R[g]^T + Rb[g], for g in (z, r, n)
         gx = np.einsum("nk,ghk->gnh", x[:, t, :].astype(np.float64), w_x) + b_x[:, None, :]
         gh = np.einsum("nk,ghk->gnh", h_t, w_h) + b_h[:, None, :]
-        z_t = sigmoid(gx[0] + gh[0])
-        r_t = sigmoid(gx[1] + gh[1])
+        clip = (lambda v: np.clip(v, -layer.clip, layer.clip)) if layer.clip is not None else (lambda v: v)
+        z_t = sigmoid(clip(gx[0] + gh[0]))
+        r_t = sigmoid(clip(gx[1] + gh[1]))
         if layer.linear_before_reset:  # nt = tanh(Xt*Wn^T + Wbn + rt (.) (Ht-1*Rn^T + Rbn))
-            n_t = np.tanh(gx[2] + r_t * gh[2])
+            n_t = np.tanh(clip(gx[2] + r_t * gh[2]))
         else:  # nt = tanh(Xt*Wn^T + Wbn + (rt (.) Ht-1)*Rn^T + Rbn)
-            n_t = np.tanh(gx[2] + (r_t * h_t) @ w_h[2].T + b_h[2])
+            n_t = np.tanh(clip(gx[2] + (r_t * h_t) @ w_h[2].T + b_h[2]))
         h_t = (1.0 - z_t) * n_t + z_t * h_t
         h_all[:, t] = h_t
     return h_all, h_all

@@ -13,7 +13,7 @@ from typing import List, Optional
 import numpy as np
 
 from .errors import InputDataError
-from .fixedpoint import (multiply_by_quantized_multiplier, saturate_int16, saturate_int8, sigmoid_q15,
+from .fixedpoint import (clip_gate, multiply_by_quantized_multiplier, saturate_int16, saturate_int8, sigmoid_q15,
                          tanh_q15)
 from .quantized_model import QBidirectionalLayer, QDenseLayer, QGruLayer, QLstmLayer, QuantizedModel
 
@@ -40,9 +40,12 @@ def lstm_gate_preactivation(layer: QLstmLayer, x: np.ndarray, h: np.ndarray) -> 
     return saturate_int16(from_input + from_hidden)
 
 
-def lstm_clip_gates(layer: QLstmLayer, pre):
-    """ONNX clip: every gate's pre-activation bounded to +-gate_clip before its activation."""
-    return np.clip(pre, -layer.gate_clip, layer.gate_clip)
+def lstm_peephole(layer: QLstmLayer, gate: int, pre, cell):
+    """pre + p (.) c: sat16(pre + sat16(RQ(P[gate] * c, s_P s_c / 2^-12))), a Q3.12 term."""
+    r = layer.peephole_requant[gate]
+    term = saturate_int16(multiply_by_quantized_multiplier(layer.peephole_weights[gate].astype(np.int64) * cell,
+                                                           r.multiplier, r.shift))
+    return saturate_int16(pre + term)
 
 
 def lstm_cell_update(layer: QLstmLayer, cell, forget, input_gate, candidate):
@@ -77,14 +80,20 @@ class GateTrace:
 def lstm_layer_step(layer: QLstmLayer, x, h, c, trace: Optional[list] = None):
     """One step for the whole batch: returns (h_new, c_new); h, c are not modified."""
     pre = lstm_gate_preactivation(layer, x, h)
-    if layer.gate_clip > 0:
-        pre = lstm_clip_gates(layer, pre)
+    peepholes = layer.peephole_weights is not None
+    if peepholes:  # i and f see c_prev; o sees the new c, below
+        pre[GATE_INPUT] = lstm_peephole(layer, 0, pre[GATE_INPUT], c)
+        pre[GATE_FORGET] = lstm_peephole(layer, 1, pre[GATE_FORGET], c)
+    pre[:GATE_OUTPUT] = clip_gate(layer.gate_clip, pre[:GATE_OUTPUT])
     i_gate = sigmoid_q15(pre[GATE_INPUT])
     # input_forget: f = 1 - i in Q0.15
     f_gate = saturate_int16(32768 - i_gate) if layer.input_forget else sigmoid_q15(pre[GATE_FORGET])
     g_gate = tanh_q15(pre[GATE_CELL], 0)
-    o_gate = sigmoid_q15(pre[GATE_OUTPUT])
     c_new = lstm_cell_update(layer, c, f_gate, i_gate, g_gate)
+    if peepholes:
+        pre[GATE_OUTPUT] = lstm_peephole(layer, 2, pre[GATE_OUTPUT], c_new)
+    pre[GATE_OUTPUT] = clip_gate(layer.gate_clip, pre[GATE_OUTPUT])
+    o_gate = sigmoid_q15(pre[GATE_OUTPUT])
     h_new = lstm_hidden_output(layer, o_gate, c_new)
     if trace is not None:
         trace.append(GateTrace(pre, np.stack([i_gate, f_gate, g_gate, o_gate]), c_new, h_new))
@@ -121,8 +130,8 @@ def gru_layer_step(layer: QGruLayer, x, h, trace: Optional[list] = None):
     from_input = gru_gate_term(layer.input_weights, layer.input_bias, layer.input_requant, x)
     from_hidden = gru_gate_term(layer.recurrent_weights[:2], layer.recurrent_bias[:2],
                                 layer.recurrent_requant[:2], h)
-    z_gate = sigmoid_q15(saturate_int16(from_input[0] + from_hidden[0]))
-    r_gate = sigmoid_q15(saturate_int16(from_input[1] + from_hidden[1]))
+    z_gate = sigmoid_q15(clip_gate(layer.gate_clip, saturate_int16(from_input[0] + from_hidden[0])))
+    r_gate = sigmoid_q15(clip_gate(layer.gate_clip, saturate_int16(from_input[1] + from_hidden[1])))
     if layer.linear_before_reset:  # n = tanh(Wn x + r (.) (Rn h + Rbn))
         nh = gru_gate_term(layer.recurrent_weights[2:], layer.recurrent_bias[2:], layer.recurrent_requant[2:], h)[0]
         reset_term = saturate_int16(multiply_by_quantized_multiplier(r_gate * nh, 1 << 30, -14))
@@ -130,7 +139,7 @@ def gru_layer_step(layer: QGruLayer, x, h, trace: Optional[list] = None):
         rh = gru_reset_hidden(layer, r_gate, h)
         reset_term = gru_gate_term(layer.recurrent_weights[2:], layer.recurrent_bias[2:],
                                    layer.recurrent_requant[2:], rh)[0]
-    n_gate = tanh_q15(saturate_int16(from_input[2] + reset_term), 0)
+    n_gate = tanh_q15(clip_gate(layer.gate_clip, saturate_int16(from_input[2] + reset_term)), 0)
     h_new = gru_hidden_update(layer, z_gate, n_gate, h)
     if trace is not None:
         pre = np.stack([from_input[0] + from_hidden[0], from_input[1] + from_hidden[1], from_input[2] + reset_term])

@@ -608,3 +608,38 @@ def state_input_case(kind: str, features: int = 4, hidden: int = 5, batch: int =
     case = Case(b.model(kind), "batch_first" if batch_first else "time_major", axes, features, batch, steps,
                 "onnxruntime" if layout == 0 else "reference_evaluator")
     return StateCase(case, filled, "y")
+
+
+# --- sequence_lens: per-sequence lengths of a padded batch ---------------------------------
+
+def with_lens_input(model: onnx.ModelProto, via: str = "direct", layers: Optional[Sequence[int]] = None) -> str:
+    """Feed a new graph input 'lens' (int32 [batch]; int64 for via="cast") to sequence_lens of the
+    recurrent nodes (all, or the k-th ones in `layers`): directly, through Identity, or through
+    Cast to int32. Returns the name of the graph input."""
+    elem = TensorProto.INT64 if via == "cast" else TensorProto.INT32
+    model.graph.input.append(helper.make_tensor_value_info("lens", elem, ["batch"]))
+    source = "lens"
+    if via in ("identity", "cast"):
+        source = "lens_int32"
+        attrs = {"to": TensorProto.INT32} if via == "cast" else {}
+        model.graph.node.insert(0, helper.make_node("Cast" if via == "cast" else "Identity", ["lens"], [source],
+                                                    name=f"lens_{via}", **attrs))
+    recurrent = [n for n in model.graph.node if n.op_type in ("LSTM", "GRU")]
+    for k, node in enumerate(recurrent):
+        if layers is not None and k not in layers:
+            continue
+        while len(node.input) <= 4:
+            node.input.append("")
+        node.input[4] = source
+    return "lens"
+
+
+def lens_on_data_path(model: onnx.ModelProto) -> None:
+    """with_lens_input, plus the lengths (cast to float) added to the output: refused."""
+    with_lens_input(model)
+    out = model.graph.output[0].name
+    model.graph.node.extend([
+        helper.make_node("Cast", ["lens"], ["lens_float"], name="lens_float", to=TensorProto.FLOAT),
+        helper.make_node("Add", [out, "lens_float"], ["plus_lens"], name="add_lens")])
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("plus_lens", TensorProto.FLOAT, None))

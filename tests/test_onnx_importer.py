@@ -23,8 +23,8 @@ from lstm_edge.importers.onnx_importer import graph_input_layout, inspect_onnx, 
 from lstm_edge.ir import Activation, BidirectionalLayer, GruLayer, LstmLayer
 from lstm_edge.reference import forward
 from onnx_cases import (Spec, append_node, bidirectional_case, build_case, dense_before_lstm_case, find_node,
-                        h_n_case, model_input, rank2_input_case, recurrent_case, set_attribute, set_input,
-                        state_input_case, to_reference_layout)
+                        h_n_case, lens_on_data_path, model_input, rank2_input_case, recurrent_case, set_attribute,
+                        set_input, state_input_case, to_reference_layout, with_lens_input)
 
 ATOL = 1e-5
 AXIS_LETTERS = {"batch": "n", "time": "t", "feature": "f", "unit": "1", "direction": "d"}
@@ -593,8 +593,6 @@ REFUSALS = {
             ["'rnn_0' (RNN)", "not supported yet", "only LSTM and GRU"]),
     "sequence_lens": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.full(3, 7, np.int32), "lens")),
                       UnsupportedModelError, ["'lstm_0' (LSTM)", "sequence_lens"]),
-    "peephole": (lambda: edit_lstm(lambda m, n: set_input(m, n, 7, np.ones((1, 24), np.float32), "P")),
-                 UnsupportedModelError, ["'lstm_0' (LSTM)", "peephole"]),
     "activations": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activations", ["Sigmoid", "Relu", "Tanh"])),
                     UnsupportedModelError, ["'lstm_0' (LSTM)", "activations", "Relu"]),
     "hidden_size_mismatch": (lambda: edit_lstm(lambda m, n: set_attribute(n, "hidden_size", 10)),
@@ -626,8 +624,6 @@ REFUSALS = {
     "gru_sequence_lens": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.full(3, 7, np.int32), "lens"),
                                             op="GRU", cell=("GRU",)),
                           UnsupportedModelError, ["'gru_0' (GRU)", "sequence_lens"]),
-    "gru_clip": (lambda: edit_lstm(lambda m, n: set_attribute(n, "clip", 3.0), op="GRU", cell=("GRU",)),
-                 UnsupportedModelError, ["'gru_0' (GRU)", "clip"]),
     "gru_activations": (lambda: edit_lstm(lambda m, n: set_attribute(n, "activations", ["Sigmoid", "Relu"]),
                                           op="GRU", cell=("GRU",)),
                         UnsupportedModelError, ["'gru_0' (GRU)", "activations", "Relu", "Sigmoid, Tanh"]),
@@ -714,6 +710,33 @@ GATE_OPTIONS = {  # ONNX LSTM attributes, checked against onnxruntime (onnx.refe
 }
 
 
+@pytest.mark.parametrize("cell,lbr", [("GRU", 0), ("GRU", 1)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gru_clip(cell, lbr, bidirectional, tmp_path):
+    case = build_case(Spec(features=4, hidden=(6,), cell=(cell,), linear_before_reset=lbr,
+                           bidirectional=(bidirectional,)))
+    set_attribute(find_node(case.model, "GRU"), "clip", 0.6)
+    model = check_against_graph(case, save(case.model, tmp_path))
+    layer = model.recurrent_layers[0]
+    assert all(part.clip == pytest.approx(0.6) for part in ((layer.forward, layer.backward) if bidirectional
+                                                             else (layer,)))
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_peepholes(clip, bidirectional, tmp_path):
+    """P [D, 3H] in ONNX order (i, o, f); it and ft see Ct-1, ot sees Ct (checked against onnxruntime)."""
+    case = build_case(Spec(features=4, hidden=(6,), bidirectional=(bidirectional,)))
+    node = find_node(case.model, "LSTM")
+    directions = 2 if bidirectional else 1
+    set_input(case.model, node, 7, np.random.default_rng(5).normal(0, 1, (directions, 18)).astype(np.float32), "P")
+    if clip:
+        set_attribute(node, "clip", clip)
+    model = check_against_graph(case, save(case.model, tmp_path))
+    layer = model.recurrent_layers[0]
+    assert all(part.peephole is not None for part in ((layer.forward, layer.backward) if bidirectional else (layer,)))
+
+
 @pytest.mark.parametrize("key", sorted(GATE_OPTIONS))
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_lstm_clip_and_input_forget(key, bidirectional, tmp_path):
@@ -742,3 +765,101 @@ def test_initial_h_fed_by_a_graph_input_imports(op, spec, tmp_path):
     assert model.recurrent_layers[0].initial_h is None
     assert "graph input 'h0' is the initial hidden state of layer 0: it maps to NAME_state_t.hidden_0 " \
            "(zero after NAME_reset)" in model.notes
+
+
+# --- sequence_lens --------------------------------------------------------------------------
+
+LENS_NOTE = ("graph input 'lens' gives per-sequence lengths: run each sequence with NAME_run(..., steps=len) "
+             "(the float reference and the simulator take sequences of one length)")
+LENS_CASES = {  # onnxruntime implements sequence_lens (onnx.reference ignores it): layout 0 only
+    "lstm_sequence": (Spec(features=4, hidden=(6,)), "direct"),
+    "lstm_y_h": (Spec(features=4, hidden=(6,), select="y_h_squeezed"), "identity"),
+    "lstm_reverse_y_h": (Spec(features=4, hidden=(6,), reverse=(True,), select="y_h_squeezed"), "direct"),
+    "gru_reverse_step0": (Spec(features=4, hidden=(6,), reverse=(True,), cell=("GRU",), select="gather"), "direct"),
+    "gru_sequence": (Spec(features=4, hidden=(5,), cell=("GRU",)), "cast"),
+    "gru_y_h": (Spec(features=4, hidden=(5,), cell=("GRU",), select="y_h_squeezed"), "direct"),
+    "bidirectional_lstm_sequence": (Spec(features=3, hidden=(4,), bidirectional=(True,)), "direct"),
+    "bidirectional_lstm_y_h": (Spec(features=3, hidden=(4,), bidirectional=(True,), select="y_h_merged"), "direct"),
+    "bidirectional_gru_sequence": (Spec(features=3, hidden=(4,), bidirectional=(True,), cell=("GRU",)), "identity"),
+    "bidirectional_gru_y_h": (Spec(features=3, hidden=(4,), bidirectional=(True,), cell=("GRU",),
+                                   select="y_h_merged"), "direct"),
+    "stacked_batch_first_head": (Spec(features=4, hidden=(6, 5), cell=("LSTM", "GRU"), batch_first=True,
+                                      head=(("matmul", 3, "Tanh"),)), "direct"),
+    "stacked_bidirectional_y_h_head": (Spec(features=3, hidden=(4, 5), bidirectional=(True, True),
+                                            select="y_h_merged", head=(("gemm", 2, None),)), "direct"),
+}
+
+
+def run_with_lens(case, path: Path, x: np.ndarray, lens: np.ndarray, via: str) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"x": model_input(case, x), "lens": lens.astype(np.int64 if via == "cast" else np.int32)}
+    return to_reference_layout(session.run(None, feeds)[0], case.output_axes)
+
+
+@pytest.mark.parametrize("key", sorted(LENS_CASES))
+def test_sequence_lens_graph_input(key, tmp_path):
+    """Each batch entry of the graph run with sequence_lens equals the reference on that
+    sequence cut to its length (the final state, or the first len steps); full lengths give
+    the whole batch."""
+    spec, via = LENS_CASES[key]
+    case = build_case(spec)
+    with_lens_input(case.model, via)
+    path = save(case.model, tmp_path, key)
+    imported = inspect_onnx(path)
+    assert imported.input_name == "x" and imported.input_layout == case.input_layout
+    model = imported.model
+    assert LENS_NOTE in model.notes
+    x = np.random.default_rng(2).standard_normal((case.batch, case.steps, case.features)).astype(np.float32)
+    lens = np.array([case.steps, case.steps - 2, 3])
+    expected = run_with_lens(case, path, x, lens, via)
+    for n, length in enumerate(lens):
+        got = forward(model, x[n:n + 1, :length])[0]
+        want = expected[n, :length] if model.sequence_output else expected[n]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=ATOL, err_msg=f"sequence {n}, length {length}")
+    full = run_with_lens(case, path, x, np.full(case.batch, case.steps), via)
+    np.testing.assert_allclose(forward(model, x), full, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("op, spec", [("LSTM", {}), ("GRU", {"cell": ("GRU",)}),
+                                      ("LSTM", {"bidirectional": (True,), "select": "y_h_merged"})])
+def test_constant_full_length_sequence_lens_changes_nothing(op, spec, tmp_path):
+    case = build_case(Spec(static_shape=True, **spec))
+    set_input(case.model, find_node(case.model, op), 4, np.full(case.batch, case.steps, np.int32), "lens")
+    model = check_against_graph(case, save(case.model, tmp_path))
+    assert not any("per-sequence lengths" in note for note in model.notes)
+
+
+LENS_REFUSALS = {
+    "constant_shorter": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.array([7, 5, 7], np.int32), "lens"),
+                                           static_shape=True),
+                         ["'lstm_0' (LSTM)", "sequence_lens [7, 5, 7]", "sequence length 7"]),
+    "gru_constant_all_shorter": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.full(3, 4, np.int32), "lens"),
+                                                   op="GRU", cell=("GRU",), static_shape=True),
+                                 ["'gru_0' (GRU)", "sequence_lens [4, 4, 4]", "sequence length 7"]),
+    "constant_open_length": (lambda: edit_lstm(lambda m, n: set_input(m, n, 4, np.full(3, 7, np.int32), "lens")),
+                             ["'lstm_0' (LSTM)", "sequence_lens", "leaves open"]),
+    "lens_on_data_path": (lambda: edit_lstm(lambda m, n: lens_on_data_path(m)),
+                          ["'add_lens' (Add)", "graph input 'lens'", "sequence_lens"]),
+    "lens_of_one_layer_only": (lambda: edit_lstm(lambda m, n: with_lens_input(m, layers=[0]), hidden=(6, 5)),
+                               ["graph input 'lens'", "not of layer 1"]),
+    "lens_with_last_index": (lambda: edit_lstm(lambda m, n: with_lens_input(m), select="gather_last"),
+                             ["(Gather)", "time step T-1", "'lstm_0'", "graph input 'lens'", "Y_h"]),
+    "bidirectional_lens_with_last_slice": (lambda: edit_lstm(lambda m, n: with_lens_input(m), select="slice_last",
+                                                             bidirectional=(True,)),
+                                           ["(Slice)", "time step T-1", "'lstm_0'", "Y_h"]),
+    "lens_float": (lambda: edit_lstm(lambda m, n: (with_lens_input(m), m.graph.input[-1].type.tensor_type.__setattr__(
+        "elem_type", onnx.TensorProto.FLOAT))), ["graph input 'lens'", "int32"]),
+}
+
+
+@pytest.mark.parametrize("key", sorted(LENS_REFUSALS))
+def test_sequence_lens_refusals(key, tmp_path):
+    build, fragments = LENS_REFUSALS[key]
+    with pytest.raises(UnsupportedModelError) as caught:
+        load_onnx(save(build(), tmp_path))
+    message = one_line(caught.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)

@@ -43,6 +43,8 @@ class ImportContext:
     merged: dict = field(default_factory=dict)
     # (graph input, layer index, "hidden" | "cell", bidirectional) per initial-state slot fed by a graph input
     state_inputs: list = field(default_factory=list)
+    # (graph input, layer index) per sequence_lens slot fed by a graph input
+    lens_inputs: list = field(default_factory=list)
 
     def role(self, axis: Axis) -> str:
         return self.roles.role(axis.label) or f"input axis {axis.label[2:]}"
@@ -282,6 +284,10 @@ def take_last_step(ctx, node, x: Data, kind: str) -> Data:
     if not x.lstm:
         raise refuse(node, "selects time steps before the first recurrent layer; not supported")
     layer = x.lstm[-1]
+    if x.padded and kind == LAST:
+        raise refuse(node, f"takes time step T-1 of layer '{layer.name}', which reads sequence lengths from graph "
+                           f"input '{x.padded}' (Y there is padding for a shorter sequence); with sequence_lens, "
+                           f"take the final state Y_h, or the whole sequence Y")
     if kind == "only":  # a single step: the final states and the last index coincide
         return replace(x, steps=final_state_steps(layer))
     if kind not in (LAST, FIRST):

@@ -8,13 +8,14 @@ refused with one line naming the node and its op type.
 
 Read: LSTM and GRU nodes (forward/reverse/bidirectional, layout 0/1, optional B, absent or zero
 initial state, or one fed by a graph input: see state_inputs, GRU linear_before_reset 0 and 1,
+sequence_lens fed by a graph input (see lens_inputs) or equal to the sequence length,
 stacked in any mix), a head of Gemm or
 MatMul(+Add) layers with Relu/Tanh/Sigmoid, per step or on the last step (Gather/Slice on the
 time axis: "last_index"; or Y_h: "final_state"), a final Softmax/LogSoftmax, and the plumbing
 that PyTorch's legacy and dynamo exporters put around them (for bidirectional layers: merging
 num_directions into the features, or concatenating the two directions of Y_h). Refused: RNN,
-sequence_lens, peepholes, input_forget, clip, other activations, initial states varying over the batch,
-state graph inputs that also feed anything else,
+other sequence_lens, peepholes, input_forget, clip, other activations, initial states varying over the batch,
+state or length graph inputs that also feed anything else,
 proj_size exports (detected by their inconsistent shapes), one direction of a bidirectional layer
 on its own, anything else on the data path.
 """
@@ -35,7 +36,7 @@ from .onnx_data_ops import (DATA_OPS, DATA_PATH_SUPPORT, STACK_SUPPORT, ImportCo
                             stack_op)
 from .onnx_graph import DEFAULT_DOMAINS, GraphIndex, describe, first_line, read_model
 from .onnx_lstm import KINDS, SIDE_INPUT_SLOTS, op_gru, op_lstm
-from .onnx_values import Axis, Blocked, Data, StateInput, StateStack, fold_constant_node, shape_op
+from .onnx_values import Axis, Blocked, Data, LensInput, StateInput, StateStack, fold_constant_node, shape_op
 
 NOT_YET = {"RNN": "simple RNN"}
 RECURRENT_OPS = {"LSTM": op_lstm, "GRU": op_gru}
@@ -44,6 +45,12 @@ LAYOUTS = {("batch", "time", "feature"): "batch_first", ("time", "batch", "featu
 STATE_PLUMBING = ("Identity", "Squeeze", "Unsqueeze", "Slice", "Gather", "Reshape", "Transpose", "Split", "Cast")
 STATE_SUPPORT = (f"a graph input for the initial state may only feed initial_h / initial_c of LSTM and GRU nodes, "
                  f"through {', '.join(STATE_PLUMBING)}")
+# Ops that may carry a sequence-lengths graph input to the sequence_lens slots.
+LENS_PLUMBING = ("Identity", "Cast")
+LENS_SLOT = 4
+LENS_SUPPORT = (f"a graph input for the sequence lengths may only feed sequence_lens of LSTM and GRU nodes, "
+                f"through {', '.join(LENS_PLUMBING)}")
+INTEGER_TYPES = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
 
 
 @dataclass(frozen=True)
@@ -75,9 +82,10 @@ def inspect_onnx(path, output: Optional[str] = None) -> OnnxImport:
     index = GraphIndex.build(read_model(path), path)
     output_name = choose_output(index, output)
     states = state_inputs(index, output_name)
-    input_info = sequence_input(index, output_name, states)
+    lens = lens_inputs(index, output_name)
+    input_info = sequence_input(index, output_name, states + lens)
     ctx = ImportContext(opset=index.opset)
-    final = _walk(index, ctx, input_info, output_name, states)
+    final = _walk(index, ctx, input_info, output_name, states, lens)
     return _assemble(path, ctx, final, input_info.name, output_name)
 
 
@@ -98,6 +106,36 @@ def state_inputs(index: GraphIndex, output_name: str) -> Tuple[str, ...]:
     """The graph inputs the output depends on that are initial states (streaming exports:
     forward(x, h0, c0)): followed through STATE_PLUMBING, they reach initial_h / initial_c slots
     of LSTM/GRU nodes. One that reaches such a slot but also anything else is refused."""
+    return _side_inputs(index, output_name, lambda kind, slot: slot in dict(kind.states).values(), STATE_PLUMBING,
+                        "an initial state", STATE_SUPPORT)
+
+
+def lens_inputs(index: GraphIndex, output_name: str) -> Tuple[str, ...]:
+    """The graph inputs the output depends on that are sequence lengths (int32 [batch]): followed
+    through LENS_PLUMBING, they reach sequence_lens slots of LSTM/GRU nodes. One that reaches such
+    a slot but also anything else is refused. The compiled model takes one sequence at a time,
+    so the caller runs each with its own length (NAME_run(..., steps=len))."""
+    found = _side_inputs(index, output_name, lambda kind, slot: slot == LENS_SLOT, LENS_PLUMBING,
+                         "the sequence lengths", LENS_SUPPORT)
+    for name in found:
+        tensor_type = index.free_inputs[name].type.tensor_type
+        if tensor_type.elem_type not in INTEGER_TYPES or (
+                tensor_type.HasField("shape") and len(tensor_type.shape.dim) != 1):
+            rank = len(tensor_type.shape.dim) if tensor_type.HasField("shape") else "unknown"
+            raise UnsupportedModelError(
+                f"graph input '{name}' feeds sequence_lens but is not an int32 vector [batch] (element type "
+                f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, rank {rank})")
+    if len(found) > 1:
+        raise UnsupportedModelError(f"'{index.path}': graph inputs {', '.join(map(repr, found))} all feed "
+                                    f"sequence_lens; only one graph input of sequence lengths is supported")
+    return found
+
+
+def _side_inputs(index: GraphIndex, output_name: str, is_target, plumbing: Tuple[str, ...], what: str,
+                 support: str) -> Tuple[str, ...]:
+    """The graph inputs the output depends on that, followed through `plumbing` (input 0), reach
+    only slots of LSTM/GRU nodes for which is_target(kind, slot) holds; one that reaches such a slot
+    and anything else is refused."""
     consumers: Dict[str, list] = {}
     for node in index.nodes:
         for slot, name in enumerate(node.input):
@@ -105,23 +143,23 @@ def state_inputs(index: GraphIndex, output_name: str) -> Tuple[str, ...]:
                 consumers.setdefault(name, []).append((node, slot))
     found = []
     for name in index.free_inputs_needed_for(output_name):
-        state_slots, other, seen, pending = [], [], {name}, [name]
+        targets, other, seen, pending = [], [], {name}, [name]
         while pending:
             for node, slot in consumers.get(pending.pop(), ()):
                 kind = KINDS.get(node.op_type)
-                if kind is not None and slot in dict(kind.states).values():
-                    state_slots.append(node)
-                elif node.op_type in STATE_PLUMBING and slot == 0:
+                if kind is not None and is_target(kind, slot):
+                    targets.append(node)
+                elif node.op_type in plumbing and slot == 0:
                     for out in node.output:
                         if out and out not in seen:
                             seen.add(out)
                             pending.append(out)
                 else:
                     other.append(node)
-        if state_slots and other:
-            raise refuse(other[0], f"it uses graph input '{name}', which is also an initial state of "
-                                   f"{describe(state_slots[0])}; {STATE_SUPPORT}")
-        if state_slots:
+        if targets and other:
+            raise refuse(other[0], f"it uses graph input '{name}', which is also {what} of "
+                                   f"{describe(targets[0])}; {support}")
+        if targets:
             found.append(name)
     return tuple(found)
 
@@ -157,12 +195,13 @@ def _input_data(info: onnx.ValueInfoProto) -> Data:
     return Data(tuple(Axis(f"in{k}", size) for k, size in enumerate(sizes)))
 
 
-def _walk(index: GraphIndex, ctx: ImportContext, input_info, output_name: str, states: Tuple[str, ...] = ()):
+def _walk(index: GraphIndex, ctx: ImportContext, input_info, output_name: str, states: Tuple[str, ...] = (),
+          lens: Tuple[str, ...] = ()):
     values: Dict[str, object] = {name: _initializer(index, t) for name, t in index.initializers.items()}
     for name in index.free_inputs:
-        values[name] = StateInput(name) if name in states else Blocked(
+        values[name] = StateInput(name) if name in states else LensInput(name) if name in lens else Blocked(
             f"graph input '{name}' (only one input, the sequence, is supported, plus graph inputs that only "
-            f"feed initial states)")
+            f"feed initial states or sequence_lens)")
     values[input_info.name] = _input_data(input_info)
     for node in index.nodes_needed_for(output_name):
         inputs = [_lookup(values, node, name) if name else None for name in node.input]
@@ -210,6 +249,11 @@ def _dispatch(ctx: ImportContext, node: onnx.NodeProto, inputs: List[object]) ->
                 isinstance(v, (Data, StateStack, StateInput)) for v in inputs[1:]):
             return [inputs[0]] * len(node.output)
         raise refuse(node, f"it uses graph input '{states[0].name}', an initial state; {STATE_SUPPORT}")
+    lens = [v for v in inputs if isinstance(v, LensInput)]
+    if lens and node.op_type not in RECURRENT_OPS:
+        if node.op_type in LENS_PLUMBING and isinstance(inputs[0], LensInput):
+            return [inputs[0]] * len(node.output)
+        raise refuse(node, f"it uses graph input '{lens[0].name}', the sequence lengths; {LENS_SUPPORT}")
     if any(isinstance(v, StateStack) for v in inputs):
         return stack_op(ctx, node, inputs)
     if node.op_type in RECURRENT_OPS:
@@ -247,7 +291,8 @@ def _assemble(path: Path, ctx: ImportContext, final, input_name: str, output_nam
     output_axes = tuple(ctx.roles.role(a.label) for a in final.axes)
     _check_output_axes(output_name, output_axes, final.last_step)
     notes = (f"graph input '{input_name}' is {input_layout.replace('_', '-')}",
-             f"graph output '{output_name}' has axes [{', '.join(output_axes)}]") + _state_notes(ctx)
+             f"graph output '{output_name}' has axes [{', '.join(output_axes)}]") + _state_notes(ctx) \
+        + _lens_notes(ctx)
     last_step = last_step_from(final) if final.last_step else "final_state"
     model = FloatModel(recurrent_layers=final.lstm, head=final.head, sequence_output=not final.last_step,
                        final_softmax=final.softmax, last_step_from=last_step, name=path.stem,
@@ -275,6 +320,25 @@ def _state_notes(ctx: ImportContext) -> Tuple[str, ...]:
                      f"state{'s' if plural else ''} of {where}: "
                      f"{'they map' if plural else 'it maps'} to {shown} (zero after NAME_reset)")
     return tuple(notes)
+
+
+def _lens_notes(ctx: ImportContext) -> Tuple[str, ...]:
+    """The note for a graph input of sequence lengths, after checking that running each sequence
+    truncated to its length computes what the graph computes: every recurrent layer reads the
+    lengths (a layer without them would run over the padding). Taking step T-1 of a Y with
+    lengths (padding for a shorter sequence) is refused by take_last_step."""
+    if not ctx.lens_inputs:
+        return ()
+    name = ctx.lens_inputs[0][0]
+    with_lens = {layer for _, layer in ctx.lens_inputs}
+    without = [k for k in range(ctx.lstm_count) if k not in with_lens]
+    if without:
+        raise UnsupportedModelError(
+            f"graph input '{name}' gives the sequence_lens of some recurrent layers but not of layer "
+            f"{without[0]}, which would run over the padding; every layer must "
+            f"take the same sequence lengths")
+    return (f"graph input '{name}' gives per-sequence lengths: run each sequence with NAME_run(..., steps=len) "
+            f"(the float reference and the simulator take sequences of one length)",)
 
 
 def _input_layout(ctx: ImportContext, input_name: str) -> str:

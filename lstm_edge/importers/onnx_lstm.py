@@ -15,10 +15,10 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..errors import ModelFormatError
-from ..ir import BidirectionalLayer, GruLayer, LstmLayer, to_canonical_gate_order
+from ..ir import BidirectionalLayer, GruLayer, LstmLayer, peephole_to_canonical, to_canonical_gate_order
 from .onnx_data_ops import ImportContext, check_directions_merged, final_state_steps, refuse
 from .onnx_graph import describe, node_attrs
-from .onnx_values import UNIT, Axis, Blocked, Data, Fill, StateInput
+from .onnx_values import UNIT, Axis, Blocked, Data, Fill, LensInput, StateInput
 
 # Which role each axis of X has, by layout.
 X_ROLES = {0: ("time", "batch", "feature"), 1: ("batch", "time", "feature")}
@@ -57,8 +57,6 @@ def check_attributes(node, attrs: dict, kind: CellKind) -> int:
     if kind is GRU and attrs.get("linear_before_reset", 0) not in (0, 1):
         raise ModelFormatError(f"{describe(node)}: linear_before_reset={attrs['linear_before_reset']}; "
                                f"expected 0 or 1")
-    if "clip" in attrs and kind is not LSTM:
-        raise refuse(node, f"the clip attribute (clip at {attrs['clip']}) is supported on LSTM nodes only")
     if "clip" in attrs and not attrs["clip"] > 0:
         raise ModelFormatError(f"{describe(node)}: clip must be positive, got {attrs['clip']}")
     activations = attrs.get("activations")
@@ -133,6 +131,39 @@ def check_initial_state(node, slot: str, value, hidden: int, kind: CellKind = LS
         raise refuse(node, f"a {slot} that differs between batch entries is not supported (the compiled model "
                            "starts every sequence from one state)")
     return [state[d, 0] for d in range(directions)]
+
+
+LENS_SUPPORT = ("supported: a graph input (int32 [batch]) that only feeds sequence_lens of LSTM and GRU "
+                "nodes (directly or through Identity/Cast), or a constant equal to the sequence length")
+
+
+def check_sequence_lens(node, value, time: Axis) -> None:
+    """A constant sequence_lens is accepted when every entry is the full sequence length (it
+    then changes nothing); shorter lengths, and lengths computed otherwise, are refused."""
+    if not isinstance(value, np.ndarray):
+        raise refuse(node, f"its sequence_lens input is neither a constant nor a graph input; {LENS_SUPPORT}")
+    lens = np.asarray(value)
+    if lens.ndim != 1 or not np.issubdtype(lens.dtype, np.integer):
+        raise ModelFormatError(f"{describe(node)}: sequence_lens has shape {list(lens.shape)} and type "
+                               f"{lens.dtype}; expected int32 [batch]")
+    if time.size is None:
+        raise refuse(node, f"its constant sequence_lens {lens.tolist()} cannot be checked against the sequence "
+                           f"length, which the graph input leaves open (all sequences must have the full "
+                           f"length); {LENS_SUPPORT}")
+    if np.any(lens != time.size):
+        raise refuse(node, f"its constant sequence_lens {lens.tolist()} differs from the sequence length "
+                           f"{time.size} (a fixed length shorter than the input is not supported); {LENS_SUPPORT}")
+
+
+def with_peepholes(node, layer, p: np.ndarray, directions: int, hidden: int):
+    """ONNX P [num_directions, 3H] (i, o, f) onto the IR layer(s), in canonical (i, f, o) order."""
+    if p.shape != (directions, 3 * hidden):
+        raise ModelFormatError(f"{describe(node)}: P has shape {list(p.shape)}, expected [{directions}, {3 * hidden}]")
+    vectors = [peephole_to_canonical(p[d], "onnx") for d in range(directions)]
+    if isinstance(layer, BidirectionalLayer):
+        return replace(layer, forward=replace(layer.forward, peephole=vectors[0]),
+                       backward=replace(layer.backward, peephole=vectors[1]))
+    return replace(layer, peephole=vectors[0])
 
 
 def with_gate_options(layer, **options):
@@ -231,16 +262,17 @@ def op_recurrent(ctx: ImportContext, node, inputs, kind: CellKind) -> list:
         raise refuse(node, "its input X must be computed from the model input")
     x = inputs[0]
     _check_input(node, x)
-    if inputs[4] is not None:
-        raise refuse(node, "the sequence_lens input is not supported (all sequences have the full length)")
     layout = attrs.get("layout", 0)
     time, batch, feature = _bind_axes(ctx, node, x, layout)
+    if isinstance(inputs[4], LensInput):  # per-sequence lengths: the caller runs each with steps=len
+        ctx.lens_inputs.append((inputs[4].name, ctx.lstm_count))
+    elif inputs[4] is not None:
+        check_sequence_lens(node, inputs[4], time)
     default_name = f"{kind.cell}{ctx.lstm_count}"
     layer = recurrent_layer(node, attrs, inputs, kind, node.name or default_name, feature.size)
-    if kind is LSTM:
-        peephole = _weight(node, inputs, 7, "P")
-        if peephole is not None and np.any(peephole):
-            raise refuse(node, "peephole weights P are not supported")
+    peepholes = _weight(node, inputs, 7, "P") if kind is LSTM else None
+    if peepholes is not None and not np.any(peepholes):
+        peepholes = None  # all-zero P: the same as none
     hidden = layer.forward.hidden_size if directions == 2 else layer.hidden_size
     states = {}
     for slot, k in kind.states:
@@ -252,14 +284,19 @@ def op_recurrent(ctx: ImportContext, node, inputs, kind: CellKind) -> list:
         if vectors is not None:
             states[slot] = vectors
     layer = with_initial_state(layer, states)
-    if kind is LSTM and ("clip" in attrs or attrs.get("input_forget", 0)):
-        layer = with_gate_options(layer, clip=attrs.get("clip"), input_forget=bool(attrs.get("input_forget", 0)))
+    if "clip" in attrs:
+        layer = with_gate_options(layer, clip=float(attrs["clip"]))
+    if kind is LSTM and attrs.get("input_forget", 0):
+        layer = with_gate_options(layer, input_forget=True)
+    if peepholes is not None:
+        layer = with_peepholes(node, layer, peepholes, directions, hidden)
     ctx.lstm_count += 1
-    return _outputs(node, x, layer, layout, time, batch, hidden, directions, kind)
+    padded = inputs[4].name if isinstance(inputs[4], LensInput) else None
+    return _outputs(node, x, layer, layout, time, batch, hidden, directions, kind, padded)
 
 
 def _outputs(node, x: Data, layer, layout: int, time: Axis, batch: Axis, hidden_width: int,
-             directions: int, kind: CellKind) -> list:
+             directions: int, kind: CellKind, padded: Optional[str] = None) -> list:
     hidden = Axis(f"feature:{node.output[0] or node.name}", hidden_width)
     dirs = Axis(f"direction:{node.output[0] or node.name}", 2) if directions == 2 else Axis(UNIT, 1)
     stack = x.lstm + (layer,)
@@ -267,7 +304,7 @@ def _outputs(node, x: Data, layer, layout: int, time: Axis, batch: Axis, hidden_
         y, y_h = (time, dirs, batch, hidden), (dirs, batch, hidden)
     else:
         y, y_h = (batch, time, dirs, hidden), (batch, dirs, hidden)
-    results = [Data(y, stack), Data(y_h, stack, steps=final_state_steps(layer))]
+    results = [Data(y, stack, padded=padded), Data(y_h, stack, steps=final_state_steps(layer))]
     if kind is LSTM:
         results.append(Blocked(f"Y_c (the final cell state) of {describe(node)}; only Y and Y_h are supported"))
     return results

@@ -70,6 +70,15 @@ class StateInput:
 
 
 @dataclass(frozen=True)
+class LensInput:
+    """A graph input that only feeds the sequence_lens slots of recurrent nodes (per-sequence
+    lengths of a padded batch), or an Identity/Cast of it. The IR runs sequences of one length;
+    the caller runs each sequence with NAME_run(..., steps=len)."""
+
+    name: str  # the graph input
+
+
+@dataclass(frozen=True)
 class Axis:
     """An axis of a Data tensor. Labels: 'in0'..'in2' for the model input's axes (which is time,
     batch or feature is learnt from the first LSTM), 'feature:<value>' for features computed by a
@@ -102,6 +111,8 @@ class Data:
     steps: Optional[Tuple[Optional[str], ...]] = None
     part: Optional[str] = None
     softmax: Optional[str] = None
+    # The sequence-lengths graph input of the layer whose Y this is: Y is padding past each length.
+    padded: Optional[str] = None
 
     def with_axes(self, axes) -> "Data":
         return replace(self, axes=tuple(axes))

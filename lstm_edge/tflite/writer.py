@@ -427,9 +427,9 @@ def export_tflite(qmodel: QuantizedModel, steps: int) -> bytes:
         if not isinstance(layer, QLstmLayer):
             raise UnsupportedModelError(f"layer '{layer.name}' is not a forward LSTM layer: only stacks of "
                                         "forward LSTMs export to .tflite (GRU and bidirectional layers not yet)")
-        if layer.gate_clip or layer.input_forget:
-            raise UnsupportedModelError(f"layer '{layer.name}' uses ONNX clip or input_forget, which TFLite's LSTM "
-                                        "does not have: such a model does not export to .tflite")
+        if layer.gate_clip or layer.input_forget or layer.peephole_weights is not None:
+            raise UnsupportedModelError(f"layer '{layer.name}' uses ONNX clip, input_forget or peepholes, which this "
+                                        "exporter does not write: such a model does not export to .tflite")
         if layer.initial_hidden is not None or layer.initial_cell is not None:
             raise UnsupportedModelError(f"layer '{layer.name}' starts from a non-zero state: TFLite Micro's reset() "
                                         "zeroes it, so such a model does not export to .tflite")

@@ -68,3 +68,13 @@ static inline int32_t multiply_by_quantized_multiplier(int32_t x, requant_t m)
     const int32_t right = -m.shift & negative;
     return rounding_divide_by_pot(rounding_doubling_high_product(x * ((int32_t)1 << left), m.multiplier), right);
 }
+
+/* ONNX clip: a gate's pre-activation bounded to +-gate_clip before its activation (0: none). */
+static int16_t clip_gate(int16_t gate_clip, int16_t pre)
+{
+    if (gate_clip > 0) {
+        pre = pre > gate_clip ? gate_clip : pre;
+        pre = pre < -gate_clip ? (int16_t)-gate_clip : pre;
+    }
+    return pre;
+}

@@ -19,6 +19,7 @@ typedef struct {
     requant_t q15_to_hidden_requant;             /* 2^-15 / s_h */
     int32_t hidden_zero_point;
     int32_t linear_before_reset; /* 1: n = tanh(Wx + r (.) (Rh + Rb)); 0: n = tanh(Wx + R (r (.) h)) */
+    int16_t gate_clip;           /* ONNX clip: |pre-activation| <= gate_clip (Q3.12) for z, r, n; 0: none */
 } gru_layer_params_t;
 
 /* Q0.15 products back to their factor's scale: 2^-15. */
@@ -59,7 +60,7 @@ static int16_t gru_sigmoid_gate(const gru_layer_params_t *p, int32_t gate, int32
                                              p->input_size);
     const int16_t from_hidden = gru_gate_term(p->recurrent_weights, p->recurrent_bias, p->recurrent_requant[gate],
                                               row, h, p->hidden_size);
-    return sigmoid_q15(saturate_int16((int32_t)from_input + (int32_t)from_hidden));
+    return sigmoid_q15(clip_gate(p->gate_clip, saturate_int16((int32_t)from_input + (int32_t)from_hidden)));
 }
 
 /* One step. Pass 1 computes z for every unit (into update, H int16) and, without
@@ -90,8 +91,8 @@ static void gru_layer_step(const gru_layer_params_t *p, const int8_t *x, int8_t 
             reset_term = gru_gate_term(p->recurrent_weights, p->recurrent_bias, p->recurrent_requant[GRU_NEW],
                                        new_row + j, reset_hidden, p->hidden_size);
         }
-        h_next[j] = gru_hidden_update(p, update[j], tanh_q15(saturate_int16((int32_t)from_input + reset_term), 0),
-                                      h[j]);
+        h_next[j] = gru_hidden_update(
+            p, update[j], tanh_q15(clip_gate(p->gate_clip, saturate_int16((int32_t)from_input + reset_term)), 0), h[j]);
     }
     for (j = 0; j < p->hidden_size; ++j) {
         h[j] = h_next[j];

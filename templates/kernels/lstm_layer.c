@@ -28,6 +28,8 @@ typedef struct {
     int16_t cell_clip;       /* 0: no clip */
     int16_t gate_clip;       /* ONNX clip: |pre-activation| <= gate_clip (Q3.12) before the activations; 0: none */
     int32_t input_forget;    /* ONNX input_forget: 1 couples the gates, f = 1 - i */
+    const int16_t *peephole_weights;           /* [3][H] (input, forget, output), symmetric int16; 0: none */
+    requant_t peephole_requant[3];             /* s_P * s_c / 2^-12 */
 } lstm_layer_params_t;
 
 /* The weight arrays are word-aligned where the compiler can be told so: the DSP path then loads two
@@ -200,14 +202,12 @@ static void lstm_gate_preactivation(const lstm_layer_params_t *p, int32_t unit, 
     pre[3] = lstm_gate_sum(ax[3], ah[3], p->input_requant[3], p->recurrent_requant[3]);
 }
 
-/* ONNX clip: every gate's pre-activation bounded to +-gate_clip before its activation. */
-static void lstm_clip_gates(const lstm_layer_params_t *p, int16_t pre[GATE_COUNT])
+/* pre + p (.) c: sat16(pre + sat16(RQ(P[gate] * c, s_P s_c / 2^-12))), a Q3.12 term. */
+static int16_t lstm_peephole(const lstm_layer_params_t *p, int32_t gate, int32_t unit, int16_t pre, int16_t cell)
 {
-    int32_t g;
-    for (g = 0; g < GATE_COUNT; ++g) {
-        pre[g] = pre[g] > p->gate_clip ? p->gate_clip : pre[g];
-        pre[g] = pre[g] < -p->gate_clip ? (int16_t)-p->gate_clip : pre[g];
-    }
+    const int32_t product = (int32_t)p->peephole_weights[gate * p->hidden_size + unit] * cell;
+    return saturate_int16((int32_t)pre + saturate_int16(multiply_by_quantized_multiplier(product,
+                                                                                       p->peephole_requant[gate])));
 }
 
 /* c = clip( sat16( sat16(RQ(f * c_prev)) + sat16(RQ(i * g)) ) ) */
@@ -244,15 +244,20 @@ static void lstm_layer_step(const lstm_layer_params_t *p, const int8_t *x, int8_
         int16_t pre[GATE_COUNT];
         int16_t i_gate, f_gate, g_gate, o_gate;
         lstm_gate_preactivation(p, j, x, h, x_offset, h_offset, pre);
-        if (p->gate_clip > 0) {
-            lstm_clip_gates(p, pre);
+        if (p->peephole_weights != 0) { /* i and f see c_prev; o sees the new c, below */
+            pre[GATE_INPUT] = lstm_peephole(p, 0, j, pre[GATE_INPUT], c[j]);
+            pre[GATE_FORGET] = lstm_peephole(p, 1, j, pre[GATE_FORGET], c[j]);
         }
-        i_gate = sigmoid_q15(pre[GATE_INPUT]);
+        i_gate = sigmoid_q15(clip_gate(p->gate_clip, pre[GATE_INPUT]));
         /* input_forget: f = 1 - i in Q0.15 (i >= 11, so no saturation is needed; kept for symmetry) */
-        f_gate = p->input_forget ? saturate_int16(32768 - (int32_t)i_gate) : sigmoid_q15(pre[GATE_FORGET]);
-        g_gate = tanh_q15(pre[GATE_CELL], 0);
-        o_gate = sigmoid_q15(pre[GATE_OUTPUT]);
+        f_gate = p->input_forget ? saturate_int16(32768 - (int32_t)i_gate)
+                                 : sigmoid_q15(clip_gate(p->gate_clip, pre[GATE_FORGET]));
+        g_gate = tanh_q15(clip_gate(p->gate_clip, pre[GATE_CELL]), 0);
         c[j] = lstm_cell_update(p, c[j], f_gate, i_gate, g_gate);
+        if (p->peephole_weights != 0) {
+            pre[GATE_OUTPUT] = lstm_peephole(p, 2, j, pre[GATE_OUTPUT], c[j]);
+        }
+        o_gate = sigmoid_q15(clip_gate(p->gate_clip, pre[GATE_OUTPUT]));
         h_next[j] = lstm_hidden_output(p, o_gate, c[j]);
     }
     for (j = 0; j < p->hidden_size; ++j) {
