@@ -106,3 +106,24 @@ def test_batch_and_time_left_merged_is_refused(which):
     assert "\n" not in message
     assert message.startswith(f"node '{reshape.name}' (Reshape): reshapes [batch, time, feature] "
                               f"to [-1, 10], merging batch and time, and no later Reshape splits them back; ")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_compiled_c_equals_simulator(name, tmp_path):
+    """Each tf2onnx graph compiles (bidirectional ones as window models) and its C equals the simulator."""
+    from conftest import require_tool
+    from lstm_edge.bundle import write_bundle
+    from lstm_edge.calibration import calibrate
+    from lstm_edge.hostbuild import build_harness, run_harness
+    from lstm_edge.quantizer import quantize
+    from lstm_edge.simulator import simulate
+    from lstm_edge.verify import default_inputs
+
+    path, x, _ = _load(name)
+    model = load_model(path)
+    steps = x.shape[1]
+    qmodel = quantize(model, calibrate(model, x), name="t", max_steps=steps)
+    out = write_bundle(qmodel, tmp_path / "t", model)
+    x_q = np.concatenate([qmodel.input_q.quantize(x), default_inputs(qmodel, sequences=200, steps=steps)])
+    exe = build_harness(qmodel, out, tmp_path / "build", cc=require_tool("gcc"))
+    assert np.array_equal(run_harness(exe, qmodel, x_q, "run"), simulate(qmodel, x_q))
