@@ -1,5 +1,6 @@
 """Shared test helpers. In CI (CI=true) a missing tool is a failure, never a skip."""
 
+import importlib
 import os
 import shutil
 import sys
@@ -13,15 +14,27 @@ SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO / "tests"))
 
 
+def missing(message: str):
+    """Something a test needs is absent: skip locally, fail in CI (where .ci/run installs it all)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_tool(name: str) -> str:
     """Path of a command-line tool; skip when absent locally, fail in CI."""
     path = shutil.which(name)
     if path:
         return path
-    message = f"required tool '{name}' is not installed (.ci/run installs it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"required tool '{name}' is not installed (.ci/run installs it)")
+
+
+def require_module(name: str):
+    """An optional Python package the tests use as an oracle (onnxruntime, tflite-micro)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python package providing '{name}' is not installed: pip install -e '.[test]'")
 
 
 def require_file(path: Path) -> Path:

@@ -12,7 +12,6 @@ must refuse, each with one clear line.
 
 from __future__ import annotations
 
-import os
 import struct
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from flatbuffers.number_types import Uint32Flags
 
-from conftest import REPO, SHARED, require_file
+from conftest import REPO, SHARED, require_file, require_module
 from lstm_edge.bundle import write_bundle
 from lstm_edge.cli import main as cli_main
 from lstm_edge.errors import ModelFormatError, QuantizationError, UnsupportedModelError
@@ -37,14 +36,8 @@ SEQUENCES = 1024
 
 
 def tflm_runtime():
-    try:
-        from tflite_micro.python.tflite_micro import runtime
-    except ImportError:
-        message = "the tflite-micro package (the TFLM oracle) is not installed: pip install -e '.[test]'"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return runtime
+    """tflite-micro's Python interpreter, the oracle."""
+    return require_module("tflite_micro.python.tflite_micro.runtime")
 
 
 def run_tflm(model_bytes: bytes, imp, x_q: np.ndarray, tensor: int = None, reset: bool = True) -> np.ndarray:

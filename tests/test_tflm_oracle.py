@@ -12,7 +12,6 @@ integer for integer.
 """
 
 import dataclasses
-import os
 import zlib
 
 import numpy as np
@@ -20,7 +19,7 @@ import onnx
 import pytest
 from flatbuffers import number_types as N
 
-from conftest import require_tool
+from conftest import require_tool, require_module
 from lstm_edge.bundle import load_bundle_quantized, write_bundle
 from lstm_edge.calibration import calibrate
 from lstm_edge.errors import InputDataError, QuantizationError, UnsupportedModelError
@@ -41,15 +40,8 @@ SEQUENCES = 1000
 
 
 def tflm_runtime():
-    """tflite-micro's Python interpreter; skipped locally when absent, a failure in CI."""
-    try:
-        from tflite_micro.python.tflite_micro import runtime
-    except ImportError:
-        message = "tflite-micro is not installed (pip install -e '.[test]')"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return runtime
+    """tflite-micro's Python interpreter, the oracle."""
+    return require_module("tflite_micro.python.tflite_micro.runtime")
 
 
 def run_tflm(model_bytes: bytes, x_q: np.ndarray) -> np.ndarray:

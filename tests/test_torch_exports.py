@@ -8,7 +8,6 @@ onnxruntime and our importer. This module does not need torch.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -42,15 +41,8 @@ CASES = [pytest.param(name, exporter, id=f"{name}-{exporter}")
 
 
 def _onnxruntime():
-    """onnxruntime, or skip locally / fail in CI (the policy of conftest.require_tool)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        message = "onnxruntime is not installed"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return onnxruntime
+    from conftest import require_module
+    return require_module("onnxruntime")
 
 
 def _io(name: str):
