@@ -130,8 +130,9 @@ def gru_layer_step(layer: QGruLayer, x, h, trace: Optional[list] = None):
     from_input = gru_gate_term(layer.input_weights, layer.input_bias, layer.input_requant, x)
     from_hidden = gru_gate_term(layer.recurrent_weights[:2], layer.recurrent_bias[:2],
                                 layer.recurrent_requant[:2], h)
-    z_gate = sigmoid_q15(clip_gate(layer.gate_clip, saturate_int16(from_input[0] + from_hidden[0])))
-    r_gate = sigmoid_q15(clip_gate(layer.gate_clip, saturate_int16(from_input[1] + from_hidden[1])))
+    z_pre = clip_gate(layer.gate_clip, saturate_int16(from_input[0] + from_hidden[0]))
+    r_pre = clip_gate(layer.gate_clip, saturate_int16(from_input[1] + from_hidden[1]))
+    z_gate, r_gate = sigmoid_q15(z_pre), sigmoid_q15(r_pre)
     if layer.linear_before_reset:  # n = tanh(Wn x + r (.) (Rn h + Rbn))
         nh = gru_gate_term(layer.recurrent_weights[2:], layer.recurrent_bias[2:], layer.recurrent_requant[2:], h)[0]
         reset_term = saturate_int16(multiply_by_quantized_multiplier(r_gate * nh, 1 << 30, -14))
@@ -139,11 +140,11 @@ def gru_layer_step(layer: QGruLayer, x, h, trace: Optional[list] = None):
         rh = gru_reset_hidden(layer, r_gate, h)
         reset_term = gru_gate_term(layer.recurrent_weights[2:], layer.recurrent_bias[2:],
                                    layer.recurrent_requant[2:], rh)[0]
-    n_gate = tanh_q15(clip_gate(layer.gate_clip, saturate_int16(from_input[2] + reset_term)), 0)
+    n_pre = clip_gate(layer.gate_clip, saturate_int16(from_input[2] + reset_term))
+    n_gate = tanh_q15(n_pre, 0)
     h_new = gru_hidden_update(layer, z_gate, n_gate, h)
-    if trace is not None:
-        pre = np.stack([from_input[0] + from_hidden[0], from_input[1] + from_hidden[1], from_input[2] + reset_term])
-        trace.append(GateTrace(saturate_int16(pre), np.stack([z_gate, r_gate, n_gate]), h_new, h_new))
+    if trace is not None:  # the pre-activations the activations read, as for the LSTM
+        trace.append(GateTrace(np.stack([z_pre, r_pre, n_pre]), np.stack([z_gate, r_gate, n_gate]), h_new, h_new))
     return h_new
 
 

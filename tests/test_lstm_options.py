@@ -38,7 +38,6 @@ def with_options(model, options):
 def compiled(key, seq=True):
     kind, options = OPTIONS[key]
     base = random_model(6, [16, 12], [(4, "none")], sequence_output=seq, seed=5, weight_std=1.5, kinds=[kind] * 2)
-    # (GRU traces record the unclipped sums; the float-model difference below shows its clip acts)
     model = with_options(base, options)
     rng = np.random.default_rng(2)
     qmodel = quantize(model, calibrate(model, signal_like(rng, 64, 10, 6, scale=2.0)), name="o")
@@ -68,7 +67,7 @@ def test_options_act_and_int8_tracks_float(key):
     # The option changes the float model's outputs noticeably, so the comparisons below can tell.
     assert np.max(np.abs(forward(model, x) - forward(base, x))) > 0.05
     limit = qmodel.recurrent_layers[0].gate_clip
-    if limit and OPTIONS[key][0] == "lstm":  # the traced pre-activations are the clipped ones
+    if limit:  # the traced pre-activations are the clipped ones
         _, traces = simulate(qmodel, qmodel.input_q.quantize(x[:50]), trace=True)
         pre = np.concatenate([t.preactivation.ravel() for t in traces[0]])
         assert pre.max() <= limit and pre.min() >= -limit and np.mean(np.abs(pre) == limit) > 0.01
