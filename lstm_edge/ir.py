@@ -112,8 +112,20 @@ def _check_initial_state(layer, names) -> None:
                                    f"got shape {value.shape}")
 
 
+class _GateShapes:
+    """Sizes read off the gate matrices w_x [G, H, I] of an LSTM or GRU layer."""
+
+    @property
+    def input_size(self) -> int:
+        return int(self.w_x.shape[2])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.w_x.shape[1])
+
+
 @dataclass(frozen=True)
-class LstmLayer:
+class LstmLayer(_GateShapes):
     """One unidirectional LSTM layer, gates in canonical order.
 
     w_x [4, H, I], w_h [4, H, H], bias [4, H] (input and recurrent biases already summed).
@@ -142,17 +154,9 @@ class LstmLayer:
                 raise ModelFormatError(f"LSTM layer '{self.name}': peephole must be [3, {self.hidden_size}] finite "
                                        f"values, got {list(self.peephole.shape)}")
 
-    @property
-    def input_size(self) -> int:
-        return int(self.w_x.shape[2])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.w_x.shape[1])
-
 
 @dataclass(frozen=True)
-class GruLayer:
+class GruLayer(_GateShapes):
     """One unidirectional GRU layer, gates in canonical order (z, r, n).
 
     w_x [3, H, I], w_h [3, H, H], b_x [3, H], b_h [3, H] (ONNX Wb and Rb: they stay apart because
@@ -173,14 +177,6 @@ class GruLayer:
     def __post_init__(self):
         _check_gate_arrays(self, "GRU", 3, ("w_x", "w_h", "b_x", "b_h"), ("initial_h",))
         _check_clip(self)
-
-    @property
-    def input_size(self) -> int:
-        return int(self.w_x.shape[2])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.w_x.shape[1])
 
 
 @dataclass(frozen=True)
