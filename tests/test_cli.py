@@ -3,7 +3,6 @@ giving one `error:` line, exit code 2, no traceback and no output folder."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
